@@ -1,0 +1,203 @@
+//! Kafka RecordBatch v2 framing: header parsing, validation of produce payloads, and the two
+//! in-place rewrites the log performs (base offset and partition leader epoch, which the CRC
+//! does not cover).
+//!
+//! Concurrency contract: pure functions over byte slices; no state.
+
+/// Bytes of a v2 batch header, from `baseOffset` through `recordsCount`.
+pub const RECORD_BATCH_HEADER_BYTES: usize = 61;
+
+/// `baseOffset` (8) + `batchLength` (4): the part of the header not counted by `batchLength`.
+pub const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
+
+/// Smallest legal `batchLength`: the header after the prefix, 61 - 12 = 49 bytes.
+const BATCH_LENGTH_MIN: i32 = (RECORD_BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES) as i32;
+
+const PARTITION_LEADER_EPOCH_POSITION: usize = 12;
+const MAGIC_POSITION: usize = 16;
+/// The CRC32C covers everything from `attributes` to the end of the batch.
+const CRC_COVERED_FROM: usize = 21;
+const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
+const ATTRIBUTE_CONTROL: i16 = 0x20;
+const MAGIC_V2: i8 = 2;
+
+/// The fixed header of one RecordBatch v2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+/// Why a batch was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BatchError {
+    #[error("batch truncated")]
+    Truncated,
+    #[error("unsupported magic {0}")]
+    BadMagic(i8),
+    #[error("bad batch length {0}")]
+    BadLength(i32),
+    #[error("crc mismatch: stored {stored:#x}, computed {computed:#x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("batch of {size_bytes} bytes exceeds {max_bytes}")]
+    TooLarge { size_bytes: usize, max_bytes: usize },
+    #[error("empty payload")]
+    Empty,
+    #[error("records count {records_count} does not match last offset delta {last_offset_delta}")]
+    BadRecordCount {
+        records_count: i32,
+        last_offset_delta: i32,
+    },
+}
+
+fn read_i64(buf: &[u8], at: usize) -> i64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&buf[at..at + 8]);
+    i64::from_be_bytes(bytes)
+}
+
+fn read_i32(buf: &[u8], at: usize) -> i32 {
+    let mut bytes = [0u8; 4];
+    bytes.copy_from_slice(&buf[at..at + 4]);
+    i32::from_be_bytes(bytes)
+}
+
+fn read_i16(buf: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([buf[at], buf[at + 1]])
+}
+
+impl BatchHeader {
+    /// Parses the header only (no CRC check): magic must be 2 and the length at least a
+    /// header's worth.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < RECORD_BATCH_HEADER_BYTES {
+            return Err(BatchError::Truncated);
+        }
+        let magic = buf[MAGIC_POSITION] as i8;
+        if magic != MAGIC_V2 {
+            return Err(BatchError::BadMagic(magic));
+        }
+        let batch_length = read_i32(buf, 8);
+        if batch_length < BATCH_LENGTH_MIN {
+            return Err(BatchError::BadLength(batch_length));
+        }
+        Ok(BatchHeader {
+            base_offset: read_i64(buf, 0),
+            batch_length,
+            partition_leader_epoch: read_i32(buf, PARTITION_LEADER_EPOCH_POSITION),
+            magic,
+            crc: read_i32(buf, 17) as u32,
+            attributes: read_i16(buf, 21),
+            last_offset_delta: read_i32(buf, 23),
+            base_timestamp: read_i64(buf, 27),
+            max_timestamp: read_i64(buf, 35),
+            producer_id: read_i64(buf, 43),
+            producer_epoch: read_i16(buf, 51),
+            base_sequence: read_i32(buf, 53),
+            records_count: read_i32(buf, 57),
+        })
+    }
+
+    /// Bytes of the whole batch on the wire and on disk: 12 + batch_length.
+    pub fn total_size_bytes(&self) -> usize {
+        assert!(self.batch_length >= BATCH_LENGTH_MIN);
+        BATCH_LENGTH_PREFIX_BYTES + self.batch_length as usize
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTRIBUTE_TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
+    }
+
+    /// The sequence number of the last record, wrapping past i32::MAX as Kafka does.
+    pub fn last_sequence(&self) -> i32 {
+        self.base_sequence.wrapping_add(self.last_offset_delta) & i32::MAX
+    }
+}
+
+/// CRC32C over the part of a whole batch the CRC covers.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    assert!(batch.len() >= RECORD_BATCH_HEADER_BYTES);
+    crc32c::crc32c(&batch[CRC_COVERED_FROM..])
+}
+
+/// Parses and fully checks the batch at the start of `buf`: bounds, CRC, record count.
+pub fn validate_one(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let size_bytes = header.total_size_bytes();
+    if size_bytes > max_batch_bytes {
+        return Err(BatchError::TooLarge {
+            size_bytes,
+            max_bytes: max_batch_bytes,
+        });
+    }
+    if size_bytes > buf.len() {
+        return Err(BatchError::Truncated);
+    }
+    let computed = compute_crc(&buf[..size_bytes]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+        return Err(BatchError::BadRecordCount {
+            records_count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// A produce payload: one or more complete v2 batches back to back; each is checked:
+/// magic 2, length sane and within buf, CRC32C (over bytes from `attributes` to the end)
+/// matches, records_count >= 1 and last_offset_delta == records_count - 1, and each batch is
+/// at most `max_batch_bytes`.
+pub fn validate_batches(
+    buf: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<BatchHeader>, BatchError> {
+    if buf.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut headers = Vec::new();
+    let mut position = 0usize;
+    while position < buf.len() {
+        let header = validate_one(&buf[position..], max_batch_bytes)?;
+        position += header.total_size_bytes();
+        headers.push(header);
+    }
+    assert_eq!(position, buf.len());
+    Ok(headers)
+}
+
+/// Rewrites `baseOffset` and `partitionLeaderEpoch` of the batch at the start of `batch`.
+/// Neither field is covered by the CRC, so the stored CRC stays valid.
+pub(crate) fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    assert!(batch.len() >= RECORD_BATCH_HEADER_BYTES);
+    let crc_before = read_i32(batch, 17);
+    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    let epoch_end = PARTITION_LEADER_EPOCH_POSITION + 4;
+    batch[PARTITION_LEADER_EPOCH_POSITION..epoch_end].copy_from_slice(&leader_epoch.to_be_bytes());
+    assert_eq!(read_i32(batch, 17), crc_before);
+}

@@ -1,0 +1,83 @@
+//! Every limit of the storage crate, named once, with the arithmetic that justifies it.
+//!
+//! Concurrency contract: plain constants, shared freely.
+
+/// Direct-IO alignment: the logical block size we align every DMA write and read to.
+/// 4096 covers 512-byte and 4 KiB sector devices alike.
+pub const SECTOR_BYTES: u64 = 4096;
+
+/// Largest DMA buffer one write round hands to the kernel: 1 MiB = 256 sectors.
+/// A round with more pending bytes is written in several chunks, one in flight at a time,
+/// so a shard with P partitions pins at most P * 1 MiB of DMA memory for writes.
+pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest DMA read issued by a scan (recovery, timestamp lookup, truncation): 1 MiB.
+/// A batch larger than this is read with one read of exactly its size, bounded by
+/// `MESSAGE_BYTES_MAX`.
+pub const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest single record batch we accept from configuration: 64 MiB.
+/// Kafka's default `max.message.bytes` is 1 MiB + 12 = 1_048_588; 64 MiB leaves room for
+/// operators who raise it while keeping one read buffer bounded.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest fetch read served from disk in one call: 8 MiB. Kafka's default
+/// `fetch.max.bytes` is 50 MiB across partitions and `max.partition.fetch.bytes` is 1 MiB;
+/// 8 MiB per partition per call keeps the read buffer bounded. At least one whole batch is
+/// always returned, which can exceed this up to `MESSAGE_BYTES_MAX`.
+pub const FETCH_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Largest segment: positions in the offset index are u32, so a segment must stay below
+/// 4 GiB; we cap at 2 GiB = 2^31 bytes (Kafka caps `segment.bytes` at i32::MAX).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
+
+/// Smallest segment accepted from configuration: 4 sectors = 16 KiB (tests roll often).
+pub const SEGMENT_BYTES_MIN: u64 = 4 * SECTOR_BYTES;
+
+/// Offsets within a segment are u32 relative to its base offset; we roll well before the
+/// relative offset could overflow: i32::MAX keeps the relative offset positive as in Kafka.
+pub const SEGMENT_RELATIVE_OFFSET_MAX: i64 = i32::MAX as i64;
+
+/// Bytes appended but not yet written to disk, per partition: 64 MiB = 64 write chunks.
+/// Past this, `append` returns `StorageError::Backpressure`; the caller should wait on
+/// `wait_written` and retry (Kafka's equivalent is a retriable error to the producer).
+pub const PENDING_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Recently appended batches kept in memory for tail reads, per partition: 4 MiB.
+/// 1000 partitions on a shard therefore pin at most 4 GB; the broker sizes partitions per
+/// shard with that in mind.
+pub const READ_CACHE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Offset-index entries kept per segment: 2^20 entries * 8 bytes = 8 MiB offset index plus
+/// 2^20 * 12 = 12 MiB time index at most. With the default 4096-byte interval a 1 GiB segment
+/// needs 2^30 / 2^12 = 2^18 entries, well inside the bound; past it, lookups scan further.
+pub const INDEX_ENTRIES_MAX: usize = 1 << 20;
+
+/// Bytes of one offset-index entry: relative offset u32 + file position u32.
+pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
+
+/// Bytes of one time-index entry: timestamp i64 + relative offset u32.
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+
+/// Batches remembered per producer id for duplicate detection: 5, as Kafka
+/// (`max.in.flight.requests.per.connection` <= 5 with idempotence).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// Producer ids tracked per partition: 16384 ids * (5 * 24 + ~40) bytes ~= 2.6 MB worst case.
+/// Past it the producer with the oldest last write is forgotten and treated as new if it
+/// comes back (Kafka expires idle producers after `transactional.id.expiration.ms`).
+pub const PRODUCERS_MAX: usize = 16384;
+
+/// Segments per partition: 100_000. A partition with more files than this is refused at
+/// open; 100_000 * 1 GiB = 100 TB, well past any disk here.
+pub const SEGMENTS_MAX: usize = 100_000;
+
+/// Segments scanned at recovery to rebuild producer state: the active one plus one before it,
+/// so a roll right before a crash does not forget producers.
+pub const RECOVERY_PRODUCER_SEGMENTS: usize = 2;
+
+const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(SECTOR_BYTES));
+const _: () = assert!((SCAN_CHUNK_BYTES as u64).is_multiple_of(SECTOR_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(SECTOR_BYTES));
+const _: () = assert!(PENDING_BYTES_MAX >= MESSAGE_BYTES_MAX as u64);

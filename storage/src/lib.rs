@@ -1,0 +1,31 @@
+//! rmq-storage: the file engine partition log. Kafka RecordBatch v2 bytes stored exactly as
+//! produced, in direct-IO segment files with sparse offset and time indexes.
+//!
+//! Concurrency contract: everything here is single-threaded and `!Send`; each shard owns its
+//! `LogManager` and the `PartitionLog`s in it, and must run inside a glommio executor.
+
+pub mod batch;
+pub mod constants;
+pub mod error;
+pub mod log;
+pub mod log_manager;
+mod log_writer;
+mod producer_state;
+mod recovery;
+mod segment;
+mod segment_appender;
+mod segment_index;
+mod segment_reader;
+mod waiters;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{validate_batches, BatchError, BatchHeader, RECORD_BATCH_HEADER_BYTES};
+pub use error::StorageError;
+pub use log::{AppendOutcome, LogConfig, PartitionLog};
+pub use log_manager::{probe_direct_io, LogManager};
+
+/// A Kafka offset within one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset(pub i64);

@@ -1,0 +1,115 @@
+//! One segment of a partition log: `<base_offset:020>.log` with its `.index` and `.timeindex`,
+//! plus the in-memory bookkeeping the log needs to append, roll, read and expire it.
+//!
+//! Concurrency contract: owned by the log's state (`RefCell`); its files are `Rc`s so the
+//! writer and readers clone them out and await without holding a borrow. Files are opened by
+//! the writer on first write (a roll in the synchronous `append` cannot await), or by recovery.
+
+use crate::error::StorageError;
+use crate::segment_appender::SegmentAppender;
+use crate::segment_index::SegmentIndex;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+pub(crate) const LOG_EXTENSION: &str = "log";
+pub(crate) const OFFSET_INDEX_EXTENSION: &str = "index";
+pub(crate) const TIME_INDEX_EXTENSION: &str = "timeindex";
+
+/// `<dir>/<base_offset:020>.<extension>`.
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
+    assert!(base_offset >= 0);
+    dir.join(format!("{base_offset:020}.{extension}"))
+}
+
+/// The three open files of a segment.
+#[derive(Clone)]
+pub(crate) struct SegmentFiles {
+    pub(crate) log: Rc<SegmentAppender>,
+    pub(crate) offset_index: Rc<SegmentAppender>,
+    pub(crate) time_index: Rc<SegmentAppender>,
+}
+
+impl SegmentFiles {
+    /// Opens the three files; `fresh` truncates whatever was there.
+    pub(crate) async fn open(
+        dir: &Path,
+        base_offset: i64,
+        fresh: bool,
+    ) -> Result<SegmentFiles, StorageError> {
+        let log =
+            SegmentAppender::open(&segment_path(dir, base_offset, LOG_EXTENSION), fresh).await?;
+        let offset_index = SegmentAppender::open(
+            &segment_path(dir, base_offset, OFFSET_INDEX_EXTENSION),
+            fresh,
+        )
+        .await?;
+        let time_index =
+            SegmentAppender::open(&segment_path(dir, base_offset, TIME_INDEX_EXTENSION), fresh)
+                .await?;
+        Ok(SegmentFiles {
+            log: Rc::new(log),
+            offset_index: Rc::new(offset_index),
+            time_index: Rc::new(time_index),
+        })
+    }
+
+    /// Cuts padding and makes all three files durable (at close).
+    pub(crate) async fn finish(&self) -> Result<(), StorageError> {
+        self.log.finish().await?;
+        self.offset_index.finish().await?;
+        self.time_index.finish().await
+    }
+
+    pub(crate) async fn remove(&self) -> Result<(), StorageError> {
+        self.log.remove().await?;
+        self.offset_index.remove().await?;
+        self.time_index.remove().await
+    }
+}
+
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    /// One past the last offset appended to this segment (pending writes included).
+    pub(crate) next_offset: i64,
+    /// Bytes appended to this segment (pending writes included).
+    pub(crate) size_bytes: u64,
+    /// Largest batch max_timestamp in the segment, -1 if none.
+    pub(crate) max_timestamp: i64,
+    /// Offset of the batch holding `max_timestamp` (its base offset; approximate for segments
+    /// recovered from the index without a full scan).
+    pub(crate) max_timestamp_offset: i64,
+    /// Wall time of the first append since open, for `segment_ms` rolls.
+    pub(crate) first_append_ms: Option<i64>,
+    pub(crate) index: SegmentIndex,
+    pub(crate) files: Option<SegmentFiles>,
+}
+
+impl Segment {
+    pub(crate) fn new(base_offset: i64, index_interval_bytes: u32) -> Segment {
+        assert!(base_offset >= 0);
+        Segment {
+            base_offset,
+            next_offset: base_offset,
+            size_bytes: 0,
+            max_timestamp: -1,
+            max_timestamp_offset: base_offset,
+            first_append_ms: None,
+            index: SegmentIndex::new(index_interval_bytes),
+            files: None,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+
+    /// Position to start scanning for `offset` (from the sparse index).
+    pub(crate) fn position_for(&self, offset: i64) -> u64 {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .clamp(0, i64::from(u32::MAX));
+        self.index
+            .floor(relative as u32)
+            .map_or(0, |entry| u64::from(entry.position))
+    }
+}

@@ -1,0 +1,179 @@
+//! The single registry of Kafka APIs we serve, with their version ranges (ApiVersions is
+//! answered from it), and the dispatcher that decodes a request and calls its handler.
+//! One module per API key.
+
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_configs;
+pub mod fetch;
+pub mod init_producer_id;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+
+use super::codec::{encode_response, RequestPrefix};
+use crate::kernel::Kernel;
+
+/// One API key we serve and the versions we accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiSupport {
+    pub api_key: ApiKey,
+    pub min_version: i16,
+    pub max_version: i16,
+}
+
+const fn api(api_key: ApiKey, min_version: i16, max_version: i16) -> ApiSupport {
+    ApiSupport {
+        api_key,
+        min_version,
+        max_version,
+    }
+}
+
+/// Every API we serve. Produce stops at v12 and Fetch at v12: v13 of both address topics by id
+/// only. Produce v3 is the first version with RecordBatch v2, which is all we store.
+pub const SUPPORTED_APIS: &[ApiSupport] = &[
+    api(ApiKey::Produce, 3, 12),
+    api(ApiKey::Fetch, 4, 12),
+    api(ApiKey::ListOffsets, 1, 10),
+    api(ApiKey::Metadata, 0, 12),
+    api(ApiKey::ApiVersions, 0, 4),
+    api(ApiKey::CreateTopics, 2, 7),
+    api(ApiKey::DeleteTopics, 1, 6),
+    api(ApiKey::InitProducerId, 0, 5),
+    api(ApiKey::DescribeConfigs, 1, 4),
+    api(ApiKey::CreatePartitions, 0, 3),
+];
+
+/// The versions we accept for `api_key`, if we serve it at all.
+pub fn supported(api_key: ApiKey) -> Option<ApiSupport> {
+    SUPPORTED_APIS
+        .iter()
+        .copied()
+        .find(|s| s.api_key == api_key)
+}
+
+/// A request the connection must not answer: it is closed instead, as Kafka does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DispatchError {
+    Refused(String),
+}
+
+fn refused(why: impl Into<String>) -> DispatchError {
+    DispatchError::Refused(why.into())
+}
+
+fn decode<R: Decodable>(body: &mut Bytes, prefix: RequestPrefix) -> Result<R, DispatchError> {
+    R::decode(body, prefix.api_version).map_err(|e| {
+        refused(format!(
+            "malformed request (api key {} v{}): {e}",
+            prefix.api_key, prefix.api_version
+        ))
+    })
+}
+
+fn respond<R: Encodable + HeaderVersion>(
+    prefix: RequestPrefix,
+    response: &R,
+) -> Result<Option<Bytes>, DispatchError> {
+    encode_response(prefix.correlation_id, prefix.api_version, response)
+        .map(Some)
+        .map_err(|e| refused(format!("cannot encode response: {e}")))
+}
+
+/// Decodes the request in `body` and runs its handler; `Ok(None)` means no response is sent
+/// (Produce with acks=0).
+pub async fn dispatch<K: Kernel>(
+    kernel: &K,
+    prefix: RequestPrefix,
+    mut body: Bytes,
+) -> Result<Option<Bytes>, DispatchError> {
+    let api_key = ApiKey::try_from(prefix.api_key)
+        .map_err(|_| refused(format!("unknown api key {}", prefix.api_key)))?;
+    let Some(support) = supported(api_key) else {
+        return Err(refused(format!("api {api_key:?} is not supported")));
+    };
+    let version = prefix.api_version;
+    if version < support.min_version || version > support.max_version {
+        if api_key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges; clients retry.
+            return api_versions::unsupported_version_frame(prefix.correlation_id)
+                .map(Some)
+                .map_err(|e| refused(format!("cannot encode response: {e}")));
+        }
+        return Err(refused(format!(
+            "{api_key:?} v{version} is not supported (v{}..=v{})",
+            support.min_version, support.max_version
+        )));
+    }
+    let header_version = api_key.request_header_version(version);
+    RequestHeader::decode(&mut body, header_version)
+        .map_err(|e| refused(format!("malformed request header: {e}")))?;
+    match api_key {
+        ApiKey::ApiVersions => respond(prefix, &api_versions::handle()),
+        ApiKey::Metadata => respond(
+            prefix,
+            &metadata::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::Produce => {
+            match produce::handle(kernel, decode(&mut body, prefix)?, version).await {
+                Some(response) => respond(prefix, &response),
+                None => Ok(None),
+            }
+        }
+        ApiKey::Fetch => respond(
+            prefix,
+            &fetch::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::ListOffsets => respond(
+            prefix,
+            &list_offsets::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::CreateTopics => respond(
+            prefix,
+            &create_topics::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::DeleteTopics => respond(
+            prefix,
+            &delete_topics::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::CreatePartitions => respond(
+            prefix,
+            &create_partitions::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::InitProducerId => respond(
+            prefix,
+            &init_producer_id::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::DescribeConfigs => respond(
+            prefix,
+            &describe_configs::handle(kernel, decode(&mut body, prefix)?),
+        ),
+        other => Err(refused(format!("api {other:?} has no handler"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_ranges_are_within_the_codec_ranges() {
+        for support in SUPPORTED_APIS {
+            assert!(support.min_version <= support.max_version, "{support:?}");
+        }
+        let keys: std::collections::BTreeSet<i16> =
+            SUPPORTED_APIS.iter().map(|s| s.api_key as i16).collect();
+        assert_eq!(
+            keys.len(),
+            SUPPORTED_APIS.len(),
+            "an api key is registered twice"
+        );
+    }
+}

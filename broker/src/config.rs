@@ -1,0 +1,177 @@
+//! Node configuration: command-line flags (clap) over an optional TOML file (`--config`);
+//! flags override the file, the file overrides the defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::constants::{DEFAULT_SOCKET_REQUEST_MAX_BYTES, REQUEST_MEMORY_PER_SHARD_BYTES};
+
+/// rmq-node: a Kafka-compatible, thread-per-core message broker.
+#[derive(Parser, Debug, Default)]
+#[command(name = "rmq-node", version, about)]
+pub struct Cli {
+    /// Shards (one glommio executor each). Default: the number of CPUs. More shards than CPUs
+    /// run unpinned.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Directory for segments and metadata. Default: ./rmq-data
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka listener, HOST:PORT (port 0 picks a free port). Default: 0.0.0.0:9092
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_addr: Option<String>,
+    /// Address given to Kafka clients in Metadata. Default: the listener's address
+    /// (127.0.0.1 when it listens on every interface).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised_kafka_addr: Option<String>,
+    /// This node's id. Default: 0
+    #[arg(long)]
+    pub node_id: Option<i32>,
+    /// TOML file with the same keys as these flags (snake_case) plus broker settings such as
+    /// auto_create_topics_enable, num_partitions, socket_request_max_bytes.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter for stderr, e.g. info, debug, rmq_storage=debug. Default: info
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file's keys.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub cores: Option<usize>,
+    pub data_dir: Option<PathBuf>,
+    pub kafka_addr: Option<String>,
+    pub advertised_kafka_addr: Option<String>,
+    pub node_id: Option<i32>,
+    pub log_level: Option<String>,
+    pub auto_create_topics_enable: Option<bool>,
+    pub num_partitions: Option<i32>,
+    pub socket_request_max_bytes: Option<usize>,
+}
+
+/// The resolved configuration every shard receives (a read-only copy).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub cores: usize,
+    pub data_dir: PathBuf,
+    pub kafka_addr: SocketAddr,
+    pub advertised_kafka_addr: Option<(String, u16)>,
+    pub node_id: i32,
+    pub log_level: String,
+    pub auto_create_topics_enable: bool,
+    pub num_partitions: i32,
+    pub socket_request_max_bytes: usize,
+}
+
+impl NodeConfig {
+    pub fn from_cli(cli: Cli) -> anyhow::Result<NodeConfig> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cli.cores.or(file.cores).unwrap_or(cpus);
+        if cores == 0 || cores > usize::from(u16::MAX) {
+            bail!("--cores must be between 1 and {}", u16::MAX);
+        }
+        let kafka_addr = cli
+            .kafka_addr
+            .or(file.kafka_addr)
+            .unwrap_or_else(|| "0.0.0.0:9092".to_string());
+        let kafka_addr = resolve(&kafka_addr).context("--kafka-addr")?;
+        let advertised = cli.advertised_kafka_addr.or(file.advertised_kafka_addr);
+        let advertised_kafka_addr = advertised
+            .map(|a| split_host_port(&a))
+            .transpose()
+            .context("--advertised-kafka-addr")?;
+        let socket_request_max_bytes = file
+            .socket_request_max_bytes
+            .unwrap_or(DEFAULT_SOCKET_REQUEST_MAX_BYTES);
+        if socket_request_max_bytes > REQUEST_MEMORY_PER_SHARD_BYTES {
+            bail!(
+                "socket_request_max_bytes {socket_request_max_bytes} exceeds the per-shard request \
+                 memory budget {REQUEST_MEMORY_PER_SHARD_BYTES}"
+            );
+        }
+        let num_partitions = file.num_partitions.unwrap_or(1);
+        if num_partitions < 1 {
+            bail!("num_partitions must be at least 1");
+        }
+        Ok(NodeConfig {
+            cores,
+            data_dir: cli
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./rmq-data")),
+            kafka_addr,
+            advertised_kafka_addr,
+            node_id: cli.node_id.or(file.node_id).unwrap_or(0),
+            log_level: cli
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+            auto_create_topics_enable: file.auto_create_topics_enable.unwrap_or(true),
+            num_partitions,
+            socket_request_max_bytes,
+        })
+    }
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("{addr} is not HOST:PORT"))?;
+    let port: u16 = port.parse().with_context(|| format!("{addr}: bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("rmq-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("node.toml");
+        std::fs::write(
+            &file,
+            "cores = 3\nnode_id = 7\nauto_create_topics_enable = false\nkafka_addr = \"127.0.0.1:0\"\n",
+        )
+        .expect("write config");
+        let cli = Cli {
+            cores: Some(5),
+            config: Some(file),
+            ..Cli::default()
+        };
+        let config = NodeConfig::from_cli(cli).expect("config");
+        assert_eq!(config.cores, 5);
+        assert_eq!(config.node_id, 7);
+        assert!(!config.auto_create_topics_enable);
+        assert_eq!(config.kafka_addr.port(), 0);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
+    }
+}

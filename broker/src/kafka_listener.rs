@@ -1,0 +1,61 @@
+//! The Kafka listener of one shard: every shard binds the same address with SO_REUSEPORT
+//! (glommio sets it) and serves the connections the kernel hands it, each in its own task.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use rmq_protocols::kafka::{serve_connection, ConnectionStats};
+use tracing::{debug, warn};
+
+use crate::constants::MAX_CONNECTIONS_PER_SHARD;
+use crate::kernel::ShardKernel;
+use crate::shard::Shard;
+
+/// Pause after a failed accept (e.g. EMFILE) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(std::io::Error::from)
+}
+
+/// Accepts connections until the task is dropped (shutdown).
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let kernel = ShardKernel::new(shard.clone());
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(shard = shard.id.0, error = %e, "kafka accept failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= MAX_CONNECTIONS_PER_SHARD {
+            warn!(
+                shard = shard.id.0,
+                limit = MAX_CONNECTIONS_PER_SHARD,
+                "connection limit reached; closing new connection"
+            );
+            drop(stream);
+            continue;
+        }
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let shard = shard.clone();
+        let kernel = kernel.clone();
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            let stats = ConnectionStats::default();
+            serve_connection(&kernel, &mut stream, peer, &stats).await;
+            shard.connections.set(shard.connections.get() - 1);
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,14 @@
+//! rmq-broker: the `rmq-node` server. Starts one glommio shard per core, each owning its
+//! listeners, partitions and segment files; shards talk only through the bounded channel mesh
+//! (`shard::submit`). `kernel::ShardKernel` implements the protocols' `Kernel` over the shards.
+
+pub mod budget;
+pub mod config;
+pub mod constants;
+pub mod controller;
+pub mod kafka_listener;
+pub mod kernel;
+pub mod metadata;
+pub mod node;
+pub mod shard;
+pub mod topic_config;

@@ -1,0 +1,310 @@
+//! Starting and stopping a node: load metadata, start one glommio executor per shard, bind
+//! the listeners (shard 0 first, so port 0 resolves once and the other shards share that
+//! port), print the ready line, and on SIGTERM/SIGINT stop accepting, drain in-flight
+//! requests, flush and close every log, and exit.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use rmq_protocols::kernel::NodeInfo;
+use tracing::{error, info, warn};
+
+use crate::config::NodeConfig;
+use crate::constants::{
+    MESH_CHANNEL_CAPACITY, RETENTION_CHECK_INTERVAL_MS, SHARD_IO_MEMORY_BYTES,
+    SHUTDOWN_DRAIN_TIMEOUT_MS,
+};
+use crate::controller::Controller;
+use crate::kafka_listener;
+use crate::metadata::{self, ClusterMetadata};
+use crate::shard::{now_ms, spawn_mesh_receivers, Shard, ShardId, ShardOp};
+
+/// How long the node waits for every shard to recover its logs and bind its listeners.
+const STARTUP_TIMEOUT_S: u64 = 600;
+/// The whole shutdown must finish within this; past it the process exits with an error.
+const SHUTDOWN_HARD_LIMIT_MS: u64 = 4_800;
+
+/// The port shard 0 bound, handed to the other shards.
+type BoundSlot = Arc<(Mutex<Option<Result<SocketAddr, String>>>, Condvar)>;
+
+/// Everything one shard needs to start; cloned into each executor.
+#[derive(Clone)]
+struct ShardStart {
+    config: Arc<NodeConfig>,
+    metadata: Arc<ClusterMetadata>,
+    mesh: MeshBuilder<ShardOp, glommio::channels::channel_mesh::Full>,
+    bound: BoundSlot,
+    ready: std::sync::mpsc::Sender<Result<(u16, SocketAddr), String>>,
+    shutdown: flume::Receiver<()>,
+}
+
+/// Holds an exclusive lock on the data directory for the life of the process.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+fn lock_data_dir(config: &NodeConfig) -> anyhow::Result<DataDirLock> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let path = config.data_dir.join(".lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "data dir {} is in use by another rmq-node (lock {} is held)",
+            config.data_dir.display(),
+            path.display()
+        );
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+fn load_or_create_metadata(config: &NodeConfig) -> anyhow::Result<ClusterMetadata> {
+    if let Some(metadata) = metadata::load(&config.data_dir)? {
+        info!(
+            topics = metadata.topics.len(),
+            version = metadata.version,
+            "metadata loaded"
+        );
+        return Ok(metadata);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let metadata = ClusterMetadata::new(format!("rmq-{nanos:x}"));
+    metadata::store(&config.data_dir, &metadata)?;
+    info!(cluster_id = %metadata.cluster_id, "new cluster metadata created");
+    Ok(metadata)
+}
+
+/// Runs the node until SIGTERM/SIGINT. Returns after a clean shutdown.
+pub fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config)?;
+    let metadata = Arc::new(load_or_create_metadata(&config)?);
+    let config = Arc::new(config);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let placement = if config.cores <= cpus {
+        PoolPlacement::MaxSpread(config.cores, None)
+    } else {
+        warn!(
+            cores = config.cores,
+            cpus, "more shards than CPUs: executors run unpinned"
+        );
+        PoolPlacement::Unbound(config.cores)
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (shutdown_tx, shutdown_rx) = flume::bounded(config.cores);
+    let start = ShardStart {
+        config: config.clone(),
+        metadata,
+        mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
+        bound: Arc::new((Mutex::new(None), Condvar::new())),
+        ready: ready_tx,
+        shutdown: shutdown_rx,
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("rmq-shard")
+        .io_memory(SHARD_IO_MEMORY_BYTES)
+        .on_all_shards(move || async move {
+            let ready = start.ready.clone();
+            if let Err(e) = run_shard(start).await {
+                let _ = ready.send(Err(format!("{e:#}")));
+                return Err(format!("{e:#}"));
+            }
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start shard executors: {e}"))?;
+    let addr = wait_ready(&ready_rx, config.cores)?;
+    println!("rmq-node ready kafka={addr}");
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    wait_for_signal(shutdown_tx, config.cores)?;
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(SHUTDOWN_HARD_LIMIT_MS));
+        error!("shutdown did not finish in time; exiting");
+        std::process::exit(1);
+    });
+    let mut failed = false;
+    for result in handles.join_all() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(error = %e, "shard failed");
+                failed = true;
+            }
+            Err(e) => {
+                error!(error = %e, "shard thread failed");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("shutdown finished with errors");
+    }
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shutdown complete"
+    );
+    Ok(())
+}
+
+fn wait_ready(
+    ready: &std::sync::mpsc::Receiver<Result<(u16, SocketAddr), String>>,
+    cores: usize,
+) -> anyhow::Result<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(STARTUP_TIMEOUT_S);
+    let mut addr = None;
+    for _ in 0..cores {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match ready.recv_timeout(remaining) {
+            Ok(Ok((shard, bound))) => {
+                if shard == 0 {
+                    addr = Some(bound);
+                }
+            }
+            Ok(Err(e)) => bail!("shard failed to start: {e}"),
+            Err(_) => bail!("shards did not start within {STARTUP_TIMEOUT_S} s"),
+        }
+    }
+    addr.context("shard 0 did not report its address")
+}
+
+fn wait_for_signal(shutdown: flume::Sender<()>, cores: usize) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    if let Some(signal) = signals.forever().next() {
+        info!(signal, "shutting down");
+    }
+    for _ in 0..cores {
+        let _ = shutdown.send(());
+    }
+    Ok(())
+}
+
+async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
+    let (senders, receivers) = start
+        .mesh
+        .join()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot join the shard mesh: {e}"))?;
+    let id = ShardId(u16::try_from(senders.peer_id()).context("shard id")?);
+    rmq_storage::probe_direct_io(&start.config.data_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "direct IO probe failed in {}",
+                start.config.data_dir.display()
+            )
+        })?;
+    let controller = (id.0 == 0)
+        .then(|| Controller::new((*start.metadata).clone(), start.config.num_partitions));
+    let shard = Rc::new(Shard::new(
+        id,
+        start.config.clone(),
+        Arc::new(ClusterMetadata::default()),
+        senders,
+        controller,
+    ));
+    shard.apply_metadata(start.metadata.clone()).await;
+    spawn_mesh_receivers(&shard, receivers);
+    spawn_retention(&shard);
+    let listener = bind_listener(&shard, &start.bound)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| anyhow::anyhow!("listener address: {e}"))?;
+    shard.set_node(advertised(&start.config, bound));
+    let _ = start.ready.send(Ok((id.0, bound)));
+    let accept = glommio::spawn_local(kafka_listener::accept_loop(shard.clone(), listener));
+    let _ = start.shutdown.recv_async().await;
+    drop(accept);
+    drain(&shard).await;
+    shard.logs.close_all().await.context("closing logs")?;
+    info!(shard = id.0, "shard stopped");
+    Ok(())
+}
+
+/// Shard 0 binds the configured address (port 0 picks one); the others bind the port it got.
+fn bind_listener(shard: &Shard, slot: &BoundSlot) -> anyhow::Result<glommio::net::TcpListener> {
+    let (lock, ready) = &**slot;
+    if shard.id.0 == 0 {
+        let result = kafka_listener::bind(shard.config.kafka_addr)
+            .with_context(|| format!("cannot listen on {}", shard.config.kafka_addr));
+        let shared = match &result {
+            Ok(listener) => listener.local_addr().map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        *lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("bind slot poisoned"))? = Some(shared);
+        ready.notify_all();
+        return result;
+    }
+    let guard = lock
+        .lock()
+        .map_err(|_| anyhow::anyhow!("bind slot poisoned"))?;
+    let (guard, _) = ready
+        .wait_timeout_while(guard, Duration::from_secs(STARTUP_TIMEOUT_S), |slot| {
+            slot.is_none()
+        })
+        .map_err(|_| anyhow::anyhow!("bind slot poisoned"))?;
+    let addr = match guard.as_ref() {
+        Some(Ok(addr)) => *addr,
+        Some(Err(e)) => bail!("shard 0 could not listen: {e}"),
+        None => bail!("shard 0 did not bind in time"),
+    };
+    drop(guard);
+    kafka_listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))
+}
+
+fn advertised(config: &NodeConfig, bound: SocketAddr) -> NodeInfo {
+    let (host, port) = match &config.advertised_kafka_addr {
+        Some((host, port)) => (host.clone(), if *port == 0 { bound.port() } else { *port }),
+        None if bound.ip().is_unspecified() => ("127.0.0.1".to_string(), bound.port()),
+        None => (bound.ip().to_string(), bound.port()),
+    };
+    NodeInfo {
+        node_id: config.node_id,
+        host,
+        port: i32::from(port),
+    }
+}
+
+fn spawn_retention(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(RETENTION_CHECK_INTERVAL_MS)).await;
+            if let Err(e) = shard.logs.enforce_retention_all(now_ms()).await {
+                warn!(shard = shard.id.0, error = %e, "retention failed");
+            }
+        }
+    })
+    .detach();
+}
+
+/// Waits until in-flight requests are answered, up to the drain timeout.
+async fn drain(shard: &Shard) {
+    let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS);
+    while shard.budget.in_flight() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if shard.budget.in_flight() > 0 {
+        warn!(
+            shard = shard.id.0,
+            in_flight = shard.budget.in_flight(),
+            "requests still in flight at shutdown"
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! One shard: the state a core owns (its partition logs, its metadata snapshot, its request
+//! budget) and the operations other shards ask of it through the bounded channel mesh.
+//!
+//! Concurrency contract: a `Shard` lives on one executor thread (`Rc`). Work for another shard
+//! travels as a `ShardOp` (which is `Send`; payloads are `Bytes`, never copied) through
+//! `Shard::send`, and the owner asserts it owns every partition it is asked about. Appends run
+//! synchronously as an op is received, so ops from one sender are appended in the order sent;
+//! only the waiting (durability, long-poll) happens in spawned tasks.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::future;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use rmq_protocols::kernel::{
+    Acks, AppendedRange, KernelError, NodeInfo, ReadInput, ReadOutput, TopicPartition,
+    LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST, LIST_OFFSETS_MAX_TIMESTAMP,
+};
+use rmq_storage::{
+    AppendOutcome, BatchError, BatchHeader, LogManager, Offset, PartitionLog, StorageError,
+};
+use tracing::{error, warn};
+
+use crate::budget::RequestBudget;
+use crate::config::NodeConfig;
+use crate::constants::REQUEST_MEMORY_PER_SHARD_BYTES;
+use crate::controller::{Controller, ControllerReply, ControllerRequest};
+use crate::metadata::ClusterMetadata;
+use crate::topic_config;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub u16);
+
+/// Batches for one partition, already validated (CRC, size) on the connection's shard.
+pub struct ProduceItem {
+    pub partition: TopicPartition,
+    pub records: Bytes,
+    pub headers: Vec<BatchHeader>,
+}
+
+pub type ProduceResult = Result<AppendedRange, KernelError>;
+
+/// Work one shard asks of another. Every op carries its own reply channel.
+pub enum ShardOp {
+    Produce {
+        acks: Acks,
+        timeout_ms: u32,
+        items: Vec<ProduceItem>,
+        reply: flume::Sender<Vec<ProduceResult>>,
+    },
+    Read {
+        items: Vec<ReadInput>,
+        reply: flume::Sender<Vec<ReadOutput>>,
+    },
+    WaitForData {
+        positions: Vec<(TopicPartition, i64)>,
+        timeout_ms: u32,
+        reply: flume::Sender<()>,
+    },
+    ListOffset {
+        partition: TopicPartition,
+        timestamp: i64,
+        reply: flume::Sender<Result<(i64, i64), KernelError>>,
+    },
+    ApplyMetadata {
+        metadata: Arc<ClusterMetadata>,
+        reply: flume::Sender<()>,
+    },
+    Controller {
+        request: ControllerRequest,
+        reply: flume::Sender<ControllerReply>,
+    },
+}
+
+pub struct Shard {
+    pub id: ShardId,
+    pub shard_count: usize,
+    pub config: Arc<NodeConfig>,
+    pub logs: LogManager,
+    pub budget: RequestBudget,
+    pub controller: Option<Controller>,
+    pub connections: Cell<usize>,
+    metadata: RefCell<Arc<ClusterMetadata>>,
+    senders: Senders<ShardOp>,
+    node: RefCell<Option<NodeInfo>>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn storage_error(e: StorageError) -> KernelError {
+    match e {
+        StorageError::OffsetOutOfRange { .. } => KernelError::OffsetOutOfRange,
+        StorageError::OutOfOrderSequence { .. } => KernelError::OutOfOrderSequence(e.to_string()),
+        StorageError::InvalidProducerEpoch { .. } => {
+            KernelError::InvalidProducerEpoch(e.to_string())
+        }
+        StorageError::Batch(batch) => batch_error(batch),
+        StorageError::Closed => KernelError::ShuttingDown,
+        // Both clear on their own (the writer catches up, the truncation ends): the producer
+        // retries, and nothing was appended, so sequences stay intact.
+        StorageError::Backpressure { .. } | StorageError::TruncateInProgress => {
+            KernelError::RequestTimedOut
+        }
+        other => KernelError::Storage(other.to_string()),
+    }
+}
+
+/// A batch the storage format rejects, as the kernel reports it.
+pub fn batch_error(e: BatchError) -> KernelError {
+    match e {
+        BatchError::TooLarge {
+            size_bytes,
+            max_bytes,
+        } => KernelError::MessageTooLarge {
+            size_bytes,
+            max_bytes,
+        },
+        other => KernelError::CorruptMessage(other.to_string()),
+    }
+}
+
+impl Shard {
+    pub fn new(
+        id: ShardId,
+        config: Arc<NodeConfig>,
+        metadata: Arc<ClusterMetadata>,
+        senders: Senders<ShardOp>,
+        controller: Option<Controller>,
+    ) -> Shard {
+        assert_eq!(
+            controller.is_some(),
+            id.0 == 0,
+            "the controller runs on shard 0"
+        );
+        Shard {
+            id,
+            shard_count: config.cores,
+            logs: LogManager::new(config.data_dir.clone()),
+            config,
+            budget: RequestBudget::new(REQUEST_MEMORY_PER_SHARD_BYTES),
+            controller,
+            connections: Cell::new(0),
+            metadata: RefCell::new(Arc::new(ClusterMetadata::default())),
+            senders,
+            node: RefCell::new(None),
+        }
+        .with_metadata(metadata)
+    }
+
+    fn with_metadata(self, metadata: Arc<ClusterMetadata>) -> Shard {
+        *self.metadata.borrow_mut() = metadata;
+        self
+    }
+
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.metadata.borrow().clone()
+    }
+
+    pub fn set_node(&self, node: NodeInfo) {
+        *self.node.borrow_mut() = Some(node);
+    }
+
+    pub fn node(&self) -> NodeInfo {
+        self.node.borrow().clone().unwrap_or(NodeInfo {
+            node_id: self.config.node_id,
+            host: "127.0.0.1".to_string(),
+            port: 0,
+        })
+    }
+
+    /// The shard owning `partition`, if the topic and partition exist.
+    pub fn owner_of(&self, partition: &TopicPartition) -> Option<ShardId> {
+        self.metadata
+            .borrow()
+            .shard_of(&partition.topic, partition.partition, self.shard_count)
+            .map(ShardId)
+    }
+
+    /// Sends `op` to another shard over the mesh (waits while that queue is full).
+    pub async fn send(&self, to: ShardId, op: ShardOp) -> Result<(), KernelError> {
+        assert_ne!(to, self.id, "local work must not go through the mesh");
+        self.senders
+            .send_to(usize::from(to.0), op)
+            .await
+            .map_err(|_| KernelError::ShuttingDown)
+    }
+
+    fn owned_log(&self, partition: &TopicPartition) -> Result<Rc<PartitionLog>, KernelError> {
+        if let Some(owner) = self.owner_of(partition) {
+            assert_eq!(
+                owner, self.id,
+                "partition {partition:?} routed to the wrong shard"
+            );
+        }
+        self.logs
+            .get(&partition.topic, partition.partition)
+            .ok_or(KernelError::UnknownTopicOrPartition)
+    }
+
+    /// Appends every item now, in order; returns what to wait on for each.
+    pub fn append_local(
+        &self,
+        items: Vec<ProduceItem>,
+    ) -> Vec<Result<(Rc<PartitionLog>, AppendedRange), KernelError>> {
+        let now = now_ms();
+        let epoch = 0;
+        items
+            .into_iter()
+            .map(|item| {
+                let log = self.owned_log(&item.partition)?;
+                let records = BytesMut::from(&item.records[..]);
+                let outcome = log
+                    .append(records, &item.headers, epoch, now)
+                    .map_err(storage_error)?;
+                let (base, last) = match outcome {
+                    AppendOutcome::Appended {
+                        base_offset,
+                        last_offset,
+                    }
+                    | AppendOutcome::Duplicate {
+                        base_offset,
+                        last_offset,
+                    } => (base_offset, last_offset),
+                };
+                let range = AppendedRange {
+                    base_offset: base.0,
+                    last_offset: last.0,
+                    log_start_offset: log.log_start_offset().0,
+                };
+                Ok((log, range))
+            })
+            .collect()
+    }
+
+    pub async fn read_local(&self, items: Vec<ReadInput>) -> Vec<ReadOutput> {
+        let mut outputs = Vec::with_capacity(items.len());
+        for item in items {
+            let output = match self.owned_log(&item.partition) {
+                Err(e) => ReadOutput {
+                    records: Err(e),
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                },
+                Ok(log) => {
+                    let records = log
+                        .read(Offset(item.offset), item.max_bytes)
+                        .await
+                        .map_err(storage_error);
+                    ReadOutput {
+                        records,
+                        high_watermark: log.high_watermark().0,
+                        log_start_offset: log.log_start_offset().0,
+                    }
+                }
+            };
+            outputs.push(output);
+        }
+        outputs
+    }
+
+    /// Signals `reply` once any local partition has data past its position, or at the timeout.
+    pub fn wait_local(
+        &self,
+        positions: Vec<(TopicPartition, i64)>,
+        timeout_ms: u32,
+        reply: flume::Sender<()>,
+    ) {
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        for (partition, offset) in positions {
+            let Ok(log) = self.owned_log(&partition) else {
+                continue;
+            };
+            if log.high_watermark().0 > offset {
+                let _ = reply.try_send(());
+                return;
+            }
+            let reply = reply.clone();
+            glommio::spawn_local(async move {
+                future::or(
+                    log.wait_for_data(Offset(offset)),
+                    glommio::timer::sleep(timeout),
+                )
+                .await;
+                let _ = reply.try_send(());
+            })
+            .detach();
+        }
+    }
+
+    pub async fn list_offset_local(
+        &self,
+        partition: &TopicPartition,
+        timestamp: i64,
+    ) -> Result<(i64, i64), KernelError> {
+        let log = self.owned_log(partition)?;
+        match timestamp {
+            LIST_OFFSETS_LATEST => Ok((log.high_watermark().0, -1)),
+            LIST_OFFSETS_EARLIEST => Ok((log.log_start_offset().0, -1)),
+            LIST_OFFSETS_MAX_TIMESTAMP => Ok(log
+                .max_timestamp()
+                .map_or((-1, -1), |(offset, ts)| (offset.0, ts))),
+            ts if ts >= 0 => Ok(log
+                .offset_for_timestamp(ts)
+                .await
+                .map_err(storage_error)?
+                .map_or((-1, -1), |(offset, ts)| (offset.0, ts))),
+            other => Err(KernelError::InvalidRequest(format!(
+                "unsupported ListOffsets timestamp {other}"
+            ))),
+        }
+    }
+
+    /// Installs a new metadata snapshot: opens the partitions this shard now owns before the
+    /// snapshot becomes visible, removes the logs of deleted topics after.
+    pub async fn apply_metadata(&self, new: Arc<ClusterMetadata>) {
+        let old = self.metadata();
+        if new.version < old.version {
+            warn!(
+                shard = self.id.0,
+                old = old.version,
+                new = new.version,
+                "stale metadata ignored"
+            );
+            return;
+        }
+        for (name, topic) in &new.topics {
+            let recreated = old.topics.get(name).is_some_and(|t| t.id != topic.id);
+            if recreated {
+                self.remove_topic_logs(name, old.topics[name].partition_shards.len())
+                    .await;
+            }
+            let config = topic_config::log_config(&topic.configs);
+            for partition in 0..topic.partition_shards.len() {
+                let Ok(index) = i32::try_from(partition) else {
+                    break;
+                };
+                if new.shard_of(name, index, self.shard_count) != Some(self.id.0) {
+                    continue;
+                }
+                match self.logs.get(name, index) {
+                    Some(log) => {
+                        if log.config() != config {
+                            log.set_config(config.clone());
+                        }
+                    }
+                    None => {
+                        if let Err(e) = self.logs.open(name, index, config.clone()).await {
+                            error!(topic = %name, partition = index, error = %e, "cannot open partition log");
+                        }
+                    }
+                }
+            }
+        }
+        *self.metadata.borrow_mut() = new.clone();
+        for (name, topic) in &old.topics {
+            if !new.topics.contains_key(name) {
+                self.remove_topic_logs(name, topic.partition_shards.len())
+                    .await;
+            }
+        }
+    }
+
+    async fn remove_topic_logs(&self, name: &str, partition_count: usize) {
+        for partition in 0..partition_count {
+            let Ok(index) = i32::try_from(partition) else {
+                break;
+            };
+            if self.logs.get(name, index).is_some() {
+                if let Err(e) = self.logs.remove(name, index).await {
+                    error!(topic = %name, partition = index, error = %e, "cannot remove partition log");
+                }
+            }
+        }
+    }
+}
+
+/// Waits for every appended item as `acks` asks, with the request's timeout (0 = none).
+pub async fn await_appends(
+    acks: Acks,
+    timeout_ms: u32,
+    appended: Vec<Result<(Rc<PartitionLog>, AppendedRange), KernelError>>,
+) -> Vec<ProduceResult> {
+    let mut results = Vec::with_capacity(appended.len());
+    for item in appended {
+        let result = match item {
+            Err(e) => Err(e),
+            Ok((log, range)) => {
+                let last = Offset(range.last_offset);
+                let wait = async {
+                    match acks {
+                        Acks::All => log.wait_durable(last).await.map_err(storage_error),
+                        Acks::Leader => log.wait_written(last).await.map_err(storage_error),
+                        Acks::None => Ok(()),
+                    }
+                };
+                let waited = if timeout_ms == 0 {
+                    wait.await
+                } else {
+                    let timeout = Duration::from_millis(u64::from(timeout_ms));
+                    future::or(wait, async {
+                        glommio::timer::sleep(timeout).await;
+                        Err(KernelError::RequestTimedOut)
+                    })
+                    .await
+                };
+                waited.map(|()| range)
+            }
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// Serves the ops other shards send to `shard`, one receive loop per peer.
+pub fn spawn_mesh_receivers(shard: &Rc<Shard>, mut receivers: Receivers<ShardOp>) {
+    for (_peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(op) = receiver.recv().await {
+                handle_op(&shard, op);
+            }
+        })
+        .detach();
+    }
+}
+
+fn handle_op(shard: &Rc<Shard>, op: ShardOp) {
+    match op {
+        ShardOp::Produce {
+            acks,
+            timeout_ms,
+            items,
+            reply,
+        } => {
+            // Appended here, before any await, so ops are appended in the order they arrive.
+            let appended = shard.append_local(items);
+            glommio::spawn_local(async move {
+                let results = await_appends(acks, timeout_ms, appended).await;
+                let _ = reply.send_async(results).await;
+            })
+            .detach();
+        }
+        ShardOp::Read { items, reply } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send_async(shard.read_local(items).await).await;
+            })
+            .detach();
+        }
+        ShardOp::WaitForData {
+            positions,
+            timeout_ms,
+            reply,
+        } => shard.wait_local(positions, timeout_ms, reply),
+        ShardOp::ListOffset {
+            partition,
+            timestamp,
+            reply,
+        } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let result = shard.list_offset_local(&partition, timestamp).await;
+                let _ = reply.send_async(result).await;
+            })
+            .detach();
+        }
+        ShardOp::ApplyMetadata { metadata, reply } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard.apply_metadata(metadata).await;
+                let _ = reply.send_async(()).await;
+            })
+            .detach();
+        }
+        ShardOp::Controller { request, reply } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let Some(controller) = shard.controller.as_ref() else {
+                    unreachable!("controller ops are sent to shard 0 only");
+                };
+                let result = controller.handle(&shard, request).await;
+                let _ = reply.send_async(result).await;
+            })
+            .detach();
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Topic configs: which keys we accept, their defaults (Kafka's), validation, and the
+//! `LogConfig` the storage engine runs with.
+
+use std::collections::BTreeMap;
+
+use rmq_protocols::kernel::{ConfigEntry, KernelError};
+use rmq_storage::LogConfig;
+
+/// One topic config key: name, Kafka default, and whether we accept a value for it.
+struct ConfigKey {
+    name: &'static str,
+    default: &'static str,
+    validate: fn(&str) -> Result<(), String>,
+}
+
+fn non_negative_i64(value: &str) -> Result<(), String> {
+    match value.parse::<i64>() {
+        Ok(v) if v >= 0 => Ok(()),
+        _ => Err("must be a non-negative integer".to_string()),
+    }
+}
+
+fn minus_one_or_non_negative_i64(value: &str) -> Result<(), String> {
+    match value.parse::<i64>() {
+        Ok(v) if v >= -1 => Ok(()),
+        _ => Err("must be -1 or a non-negative integer".to_string()),
+    }
+}
+
+fn segment_bytes(value: &str) -> Result<(), String> {
+    match value.parse::<u64>() {
+        Ok(v) if (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&v) => Ok(()),
+        _ => Err(format!(
+            "must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}"
+        )),
+    }
+}
+
+fn max_message_bytes(value: &str) -> Result<(), String> {
+    match value.parse::<usize>() {
+        Ok(v) if (MAX_MESSAGE_BYTES_MIN..=MAX_MESSAGE_BYTES_MAX).contains(&v) => Ok(()),
+        _ => Err(format!(
+            "must be between {MAX_MESSAGE_BYTES_MIN} and {MAX_MESSAGE_BYTES_MAX}"
+        )),
+    }
+}
+
+fn one_of(value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("supported values: {}", allowed.join(", ")))
+    }
+}
+
+/// Kafka's lower bound for segment.bytes is 14 bytes; we require room for one index page.
+const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Segment positions are u32 in the offset index.
+const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// A RecordBatch header is 61 bytes; anything smaller cannot hold a batch.
+const MAX_MESSAGE_BYTES_MIN: usize = 64;
+/// A batch must fit in one request frame (socket.request.max.bytes default, 100 MiB).
+const MAX_MESSAGE_BYTES_MAX: usize = 100 * 1024 * 1024;
+
+const CONFIG_KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        name: "cleanup.policy",
+        default: "delete",
+        validate: |v| one_of(v, &["delete"]),
+    },
+    ConfigKey {
+        name: "compression.type",
+        default: "producer",
+        validate: |v| one_of(v, &["producer"]),
+    },
+    ConfigKey {
+        name: "index.interval.bytes",
+        default: "4096",
+        validate: non_negative_i64,
+    },
+    ConfigKey {
+        name: "max.message.bytes",
+        default: "1048588",
+        validate: max_message_bytes,
+    },
+    ConfigKey {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        validate: |v| one_of(v, &["CreateTime"]),
+    },
+    ConfigKey {
+        name: "min.insync.replicas",
+        default: "1",
+        validate: |v| one_of(v, &["1"]),
+    },
+    ConfigKey {
+        name: "retention.bytes",
+        default: "-1",
+        validate: minus_one_or_non_negative_i64,
+    },
+    ConfigKey {
+        name: "retention.ms",
+        default: "604800000",
+        validate: minus_one_or_non_negative_i64,
+    },
+    ConfigKey {
+        name: "segment.bytes",
+        default: "1073741824",
+        validate: segment_bytes,
+    },
+    ConfigKey {
+        name: "segment.ms",
+        default: "604800000",
+        validate: non_negative_i64,
+    },
+];
+
+/// Checks client-given configs; returns the ones to store (a `None` value means "default").
+pub fn validate(
+    configs: &[(String, Option<String>)],
+) -> Result<BTreeMap<String, String>, KernelError> {
+    let mut stored = BTreeMap::new();
+    for (name, value) in configs {
+        let key = CONFIG_KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
+            KernelError::InvalidConfig(format!("unknown or unsupported topic config '{name}'"))
+        })?;
+        if let Some(value) = value {
+            (key.validate)(value)
+                .map_err(|why| KernelError::InvalidConfig(format!("{name}={value}: {why}")))?;
+            stored.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(stored)
+}
+
+fn value<'a>(configs: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    configs.get(name).map(String::as_str).unwrap_or_else(|| {
+        CONFIG_KEYS
+            .iter()
+            .find(|k| k.name == name)
+            .map_or("", |k| k.default)
+    })
+}
+
+/// The storage engine's config for a topic. Values were validated when stored; a value that
+/// still fails to parse (a hand-edited file) falls back to the default.
+pub fn log_config(configs: &BTreeMap<String, String>) -> LogConfig {
+    let defaults = LogConfig::default();
+    LogConfig {
+        segment_bytes: value(configs, "segment.bytes")
+            .parse()
+            .unwrap_or(defaults.segment_bytes),
+        segment_ms: value(configs, "segment.ms")
+            .parse()
+            .unwrap_or(defaults.segment_ms),
+        retention_ms: value(configs, "retention.ms")
+            .parse()
+            .unwrap_or(defaults.retention_ms),
+        retention_bytes: value(configs, "retention.bytes")
+            .parse()
+            .unwrap_or(defaults.retention_bytes),
+        max_message_bytes: value(configs, "max.message.bytes")
+            .parse()
+            .unwrap_or(defaults.max_message_bytes),
+        index_interval_bytes: value(configs, "index.interval.bytes")
+            .parse()
+            .unwrap_or(defaults.index_interval_bytes),
+    }
+}
+
+/// Every topic config with its value and whether it is the default.
+pub fn describe(configs: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
+    CONFIG_KEYS
+        .iter()
+        .map(|key| ConfigEntry {
+            name: key.name.to_string(),
+            value: Some(value(configs, key.name).to_string()),
+            is_default: !configs.contains_key(key.name),
+            read_only: false,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_invalid_configs_are_rejected() {
+        assert!(matches!(
+            validate(&[("no.such".to_string(), Some("1".to_string()))]),
+            Err(KernelError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            validate(&[("retention.ms".to_string(), Some("soon".to_string()))]),
+            Err(KernelError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn stored_configs_reach_the_log_config_and_describe() {
+        let stored = validate(&[
+            ("retention.ms".to_string(), Some("123456".to_string())),
+            ("max.message.bytes".to_string(), Some("1000".to_string())),
+        ])
+        .expect("valid");
+        let log = log_config(&stored);
+        assert_eq!(log.retention_ms, 123_456);
+        assert_eq!(log.max_message_bytes, 1000);
+        assert_eq!(log.segment_bytes, 1_073_741_824);
+        let described = describe(&stored);
+        let retention = described
+            .iter()
+            .find(|e| e.name == "retention.ms")
+            .expect("entry");
+        assert_eq!(retention.value.as_deref(), Some("123456"));
+        assert!(!retention.is_default);
+        assert!(
+            described
+                .iter()
+                .find(|e| e.name == "segment.bytes")
+                .expect("entry")
+                .is_default
+        );
+    }
+}

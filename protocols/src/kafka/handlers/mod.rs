@@ -12,6 +12,8 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
@@ -156,24 +158,5 @@ pub async fn dispatch<K: Kernel>(
             &describe_configs::handle(kernel, decode(&mut body, prefix)?),
         ),
         other => Err(refused(format!("api {other:?} has no handler"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_ranges_are_within_the_codec_ranges() {
-        for support in SUPPORTED_APIS {
-            assert!(support.min_version <= support.max_version, "{support:?}");
-        }
-        let keys: std::collections::BTreeSet<i16> =
-            SUPPORTED_APIS.iter().map(|s| s.api_key as i16).collect();
-        assert_eq!(
-            keys.len(),
-            SUPPORTED_APIS.len(),
-            "an api key is registered twice"
-        );
     }
 }

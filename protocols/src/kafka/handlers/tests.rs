@@ -1,0 +1,324 @@
+//! Every registered API answers at every version it advertises, against an in-memory kernel:
+//! a response field set outside its version makes the encoder fail, which these tests catch
+//! before a client does.
+
+use std::cell::RefCell;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    create_partitions_request::CreatePartitionsTopic, create_topics_request::CreatableTopic,
+    delete_topics_request::DeleteTopicState, describe_configs_request::DescribeConfigsResource,
+    fetch_request::FetchPartition, fetch_request::FetchTopic,
+    list_offsets_request::ListOffsetsPartition, list_offsets_request::ListOffsetsTopic,
+    metadata_request::MetadataRequestTopic, produce_request::PartitionProduceData,
+    produce_request::TopicProduceData, ApiKey, ApiVersionsRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes, VersionRange};
+
+use super::{dispatch, DispatchError, SUPPORTED_APIS};
+use crate::kafka::codec::peek_request_prefix;
+use crate::kernel::{
+    Acks, AppendedRange, ConfigEntry, Kernel, KernelError, NodeInfo, ProduceInput, ReadInput,
+    ReadOutput, TopicInfo, TopicPartition, TopicSpec,
+};
+
+/// A kernel with one topic, `orders`, of two partitions; appends and reads are canned.
+struct MemoryKernel {
+    produced: RefCell<usize>,
+}
+
+fn orders() -> TopicInfo {
+    TopicInfo {
+        name: "orders".to_string(),
+        id: [9; 16],
+        partition_count: 2,
+        leader_epoch: 0,
+        internal: false,
+    }
+}
+
+impl Kernel for MemoryKernel {
+    type RequestPermit = ();
+    fn node(&self) -> NodeInfo {
+        NodeInfo {
+            node_id: 0,
+            host: "127.0.0.1".to_string(),
+            port: 9092,
+        }
+    }
+    fn cluster_id(&self) -> String {
+        "test-cluster".to_string()
+    }
+    fn auto_create_topics(&self) -> bool {
+        false
+    }
+    fn max_request_bytes(&self) -> usize {
+        1 << 20
+    }
+    async fn reserve_request_bytes(&self, _size_bytes: usize) {}
+    fn topics(&self) -> Vec<TopicInfo> {
+        vec![orders()]
+    }
+    fn topic(&self, name: &str) -> Option<TopicInfo> {
+        (name == "orders").then(orders)
+    }
+    async fn create_topics(
+        &self,
+        specs: Vec<TopicSpec>,
+        _validate_only: bool,
+    ) -> Vec<Result<TopicInfo, KernelError>> {
+        specs.iter().map(|_| Ok(orders())).collect()
+    }
+    async fn delete_topics(&self, names: Vec<String>) -> Vec<Result<(), KernelError>> {
+        names
+            .iter()
+            .map(|_| Err(KernelError::UnknownTopicOrPartition))
+            .collect()
+    }
+    async fn create_partitions(&self, _: String, _: i32, _: bool) -> Result<(), KernelError> {
+        Ok(())
+    }
+    fn describe_topic_configs(&self, _name: &str) -> Result<Vec<ConfigEntry>, KernelError> {
+        Ok(vec![ConfigEntry {
+            name: "retention.ms".to_string(),
+            value: Some("1000".to_string()),
+            is_default: false,
+            read_only: false,
+        }])
+    }
+    fn describe_broker_configs(&self) -> Vec<ConfigEntry> {
+        Vec::new()
+    }
+    async fn produce(
+        &self,
+        _acks: Acks,
+        _timeout_ms: u32,
+        inputs: Vec<ProduceInput>,
+    ) -> Vec<Result<AppendedRange, KernelError>> {
+        *self.produced.borrow_mut() += inputs.len();
+        inputs
+            .iter()
+            .map(|_| {
+                Ok(AppendedRange {
+                    base_offset: 5,
+                    last_offset: 5,
+                    log_start_offset: 0,
+                })
+            })
+            .collect()
+    }
+    async fn read(&self, inputs: Vec<ReadInput>) -> Vec<ReadOutput> {
+        inputs
+            .iter()
+            .map(|_| ReadOutput {
+                records: Ok(Bytes::from_static(b"batch")),
+                high_watermark: 6,
+                log_start_offset: 0,
+            })
+            .collect()
+    }
+    async fn wait_for_data(&self, _: Vec<(TopicPartition, i64)>, _: u32) {}
+    async fn list_offset(&self, _: TopicPartition, _: i64) -> Result<(i64, i64), KernelError> {
+        Ok((6, -1))
+    }
+    async fn init_producer_id(&self) -> Result<(i64, i16), KernelError> {
+        Ok((1, 0))
+    }
+}
+
+fn topic_name() -> TopicName {
+    TopicName(StrBytes::from_static_str("orders"))
+}
+
+fn frame<R: Encodable + HeaderVersion>(api_key: ApiKey, version: i16, request: &R) -> Bytes {
+    let mut header = RequestHeader::default();
+    header.request_api_key = api_key as i16;
+    header.request_api_version = version;
+    header.correlation_id = 42;
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, R::header_version(version))
+        .expect("header encodes");
+    request.encode(&mut buf, version).expect("request encodes");
+    buf.freeze()
+}
+
+fn request_frame(api_key: ApiKey, version: i16) -> Bytes {
+    match api_key {
+        ApiKey::ApiVersions => frame(api_key, version, &ApiVersionsRequest::default()),
+        ApiKey::Metadata => {
+            let mut request = MetadataRequest::default();
+            let mut topic = MetadataRequestTopic::default();
+            topic.name = Some(topic_name());
+            request.topics = Some(vec![topic]);
+            frame(api_key, version, &request)
+        }
+        ApiKey::Produce => {
+            let mut partition = PartitionProduceData::default();
+            partition.records = Some(Bytes::from_static(b"batch"));
+            let mut topic = TopicProduceData::default();
+            topic.name = topic_name();
+            topic.partition_data = vec![partition];
+            let mut request = ProduceRequest::default();
+            request.acks = -1;
+            request.topic_data = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::Fetch => {
+            let mut topic = FetchTopic::default();
+            topic.topic = topic_name();
+            topic.partitions = vec![FetchPartition::default()];
+            let mut request = FetchRequest::default();
+            request.topics = vec![topic];
+            request.max_bytes = 1 << 20;
+            frame(api_key, version, &request)
+        }
+        ApiKey::ListOffsets => {
+            let mut topic = ListOffsetsTopic::default();
+            topic.name = topic_name();
+            topic.partitions = vec![ListOffsetsPartition::default()];
+            let mut request = ListOffsetsRequest::default();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::CreateTopics => {
+            let mut topic = CreatableTopic::default();
+            topic.name = topic_name();
+            topic.num_partitions = 2;
+            topic.replication_factor = 1;
+            let mut request = CreateTopicsRequest::default();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::DeleteTopics => {
+            let mut request = DeleteTopicsRequest::default();
+            if version >= 6 {
+                let mut state = DeleteTopicState::default();
+                state.name = Some(topic_name());
+                request.topics = vec![state];
+            } else {
+                request.topic_names = vec![topic_name()];
+            }
+            frame(api_key, version, &request)
+        }
+        ApiKey::CreatePartitions => {
+            let mut topic = CreatePartitionsTopic::default();
+            topic.name = topic_name();
+            topic.count = 3;
+            let mut request = CreatePartitionsRequest::default();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::InitProducerId => frame(api_key, version, &InitProducerIdRequest::default()),
+        ApiKey::DescribeConfigs => {
+            let mut resource = DescribeConfigsResource::default();
+            resource.resource_type = 2;
+            resource.resource_name = StrBytes::from_static_str("orders");
+            let mut request = DescribeConfigsRequest::default();
+            request.resources = vec![resource];
+            frame(api_key, version, &request)
+        }
+        other => panic!("no request builder for registered api {other:?}"),
+    }
+}
+
+fn run(body: Bytes) -> Result<Option<Bytes>, DispatchError> {
+    let kernel = MemoryKernel {
+        produced: RefCell::new(0),
+    };
+    let prefix = peek_request_prefix(&body).expect("prefix");
+    futures_lite::future::block_on(dispatch(&kernel, prefix, body))
+}
+
+#[test]
+fn every_registered_api_answers_at_every_advertised_version() {
+    for support in SUPPORTED_APIS {
+        for version in support.min_version..=support.max_version {
+            let body = request_frame(support.api_key, version);
+            let response = run(body)
+                .unwrap_or_else(|e| panic!("{:?} v{version} was refused: {e:?}", support.api_key));
+            let frame = response
+                .unwrap_or_else(|| panic!("{:?} v{version} sent no response", support.api_key));
+            let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            assert_eq!(
+                size as usize,
+                frame.len() - 4,
+                "{:?} v{version}",
+                support.api_key
+            );
+            let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            assert_eq!(correlation_id, 42, "{:?} v{version}", support.api_key);
+        }
+    }
+}
+
+#[test]
+fn api_versions_newer_than_ours_gets_a_v0_unsupported_version_answer() {
+    let body = request_frame(ApiKey::ApiVersions, 3);
+    let mut body = BytesMut::from(&body[..]);
+    body[2..4].copy_from_slice(&127i16.to_be_bytes());
+    let frame = run(body.freeze()).expect("answered").expect("a response");
+    // size(4) correlation(4) then the v0 body: error_code first.
+    let error_code = i16::from_be_bytes([frame[8], frame[9]]);
+    assert_eq!(error_code, 35, "UNSUPPORTED_VERSION");
+    let api_count = i32::from_be_bytes([frame[10], frame[11], frame[12], frame[13]]);
+    assert_eq!(api_count as usize, SUPPORTED_APIS.len());
+}
+
+#[test]
+fn unsupported_version_of_another_api_closes_the_connection() {
+    let body = request_frame(ApiKey::Produce, 3);
+    let mut body = BytesMut::from(&body[..]);
+    body[2..4].copy_from_slice(&99i16.to_be_bytes());
+    assert!(matches!(run(body.freeze()), Err(DispatchError::Refused(_))));
+}
+
+#[test]
+fn unknown_api_key_and_garbage_close_the_connection() {
+    let garbage = Bytes::from_static(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+    assert!(matches!(run(garbage), Err(DispatchError::Refused(_))));
+    let truncated = request_frame(ApiKey::Metadata, 9).slice(..12);
+    assert!(matches!(run(truncated), Err(DispatchError::Refused(_))));
+}
+
+fn codec_range(api_key: ApiKey) -> VersionRange {
+    match api_key {
+        ApiKey::ApiVersions => ApiVersionsRequest::VERSIONS,
+        ApiKey::Metadata => MetadataRequest::VERSIONS,
+        ApiKey::Produce => ProduceRequest::VERSIONS,
+        ApiKey::Fetch => FetchRequest::VERSIONS,
+        ApiKey::ListOffsets => ListOffsetsRequest::VERSIONS,
+        ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
+        ApiKey::DeleteTopics => DeleteTopicsRequest::VERSIONS,
+        ApiKey::CreatePartitions => CreatePartitionsRequest::VERSIONS,
+        ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
+        ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
+        other => panic!("no codec range for registered api {other:?}"),
+    }
+}
+
+#[test]
+fn registry_ranges_are_within_the_codec_ranges() {
+    for support in SUPPORTED_APIS {
+        let codec = codec_range(support.api_key);
+        assert!(support.min_version <= support.max_version, "{support:?}");
+        assert!(
+            support.min_version >= codec.min,
+            "{support:?} below {codec}"
+        );
+        assert!(
+            support.max_version <= codec.max,
+            "{support:?} above {codec}"
+        );
+    }
+    let keys: std::collections::BTreeSet<i16> =
+        SUPPORTED_APIS.iter().map(|s| s.api_key as i16).collect();
+    assert_eq!(
+        keys.len(),
+        SUPPORTED_APIS.len(),
+        "an api key is registered twice"
+    );
+}

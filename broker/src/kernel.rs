@@ -110,6 +110,10 @@ impl Kernel for ShardKernel {
         self.shard.config.socket_request_max_bytes
     }
 
+    fn accepting_requests(&self) -> bool {
+        !self.shard.is_stopping()
+    }
+
     async fn reserve_request_bytes(&self, size_bytes: usize) -> RequestPermit {
         self.shard.budget.reserve(size_bytes).await
     }
@@ -337,7 +341,8 @@ impl Kernel for ShardKernel {
         }
         drop(reply);
         let timeout = Duration::from_millis(u64::from(timeout_ms));
-        future::or(
+        let stopped = self.shard.stopped();
+        let wait = future::or(
             async {
                 if receiver.recv_async().await.is_err() {
                     // Nobody is waiting (no known partition): wait out the timeout instead of
@@ -346,8 +351,8 @@ impl Kernel for ShardKernel {
                 }
             },
             glommio::timer::sleep(timeout),
-        )
-        .await;
+        );
+        future::or(wait, stopped).await;
     }
 
     async fn list_offset(

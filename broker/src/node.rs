@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use rmq_protocols::kernel::NodeInfo;
 use tracing::{error, info, warn};
@@ -38,10 +38,36 @@ type BoundSlot = Arc<(Mutex<Option<Result<SocketAddr, String>>>, Condvar)>;
 struct ShardStart {
     config: Arc<NodeConfig>,
     metadata: Arc<ClusterMetadata>,
-    mesh: MeshBuilder<ShardOp, glommio::channels::channel_mesh::Full>,
+    mesh: Arc<Mesh>,
+    next_shard_id: Arc<AtomicUsize>,
     bound: BoundSlot,
     ready: std::sync::mpsc::Sender<Result<(u16, SocketAddr), String>>,
     shutdown: flume::Receiver<()>,
+}
+
+/// The bounded channels between every ordered pair of shards, built before any executor runs.
+struct Mesh {
+    /// `senders[from][to]`; `None` where `from == to`.
+    senders: Vec<Vec<Option<flume::Sender<ShardOp>>>>,
+    /// `receivers[to]`: one receiver per other shard.
+    receivers: Vec<Vec<flume::Receiver<ShardOp>>>,
+}
+
+impl Mesh {
+    fn new(shard_count: usize) -> Mesh {
+        let mut senders = vec![vec![None; shard_count]; shard_count];
+        let mut receivers = vec![Vec::with_capacity(shard_count); shard_count];
+        for (from, row) in senders.iter_mut().enumerate() {
+            for (to, slot) in row.iter_mut().enumerate() {
+                if from != to {
+                    let (sender, receiver) = flume::bounded(MESH_CHANNEL_CAPACITY);
+                    *slot = Some(sender);
+                    receivers[to].push(receiver);
+                }
+            }
+        }
+        Mesh { senders, receivers }
+    }
 }
 
 /// Holds an exclusive lock on the data directory for the life of the process.
@@ -100,12 +126,20 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
         PoolPlacement::Unbound(config.cores)
     };
+    // Installed before any shard runs, so a signal that arrives right after the ready line is
+    // handled rather than killing the process.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (shutdown_tx, shutdown_rx) = flume::bounded(config.cores);
     let start = ShardStart {
         config: config.clone(),
         metadata,
-        mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
+        mesh: Arc::new(Mesh::new(config.cores)),
+        next_shard_id: Arc::new(AtomicUsize::new(0)),
         bound: Arc::new((Mutex::new(None), Condvar::new())),
         ready: ready_tx,
         shutdown: shutdown_rx,
@@ -126,7 +160,7 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     println!("rmq-node ready kafka={addr}");
     use std::io::Write;
     std::io::stdout().flush().ok();
-    wait_for_signal(shutdown_tx, config.cores)?;
+    wait_for_signal(signals, shutdown_tx, config.cores);
     let started = Instant::now();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(SHUTDOWN_HARD_LIMIT_MS));
@@ -178,28 +212,25 @@ fn wait_ready(
     addr.context("shard 0 did not report its address")
 }
 
-fn wait_for_signal(shutdown: flume::Sender<()>, cores: usize) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("cannot install signal handlers")?;
+fn wait_for_signal(
+    mut signals: signal_hook::iterator::Signals,
+    shutdown: flume::Sender<()>,
+    cores: usize,
+) {
     if let Some(signal) = signals.forever().next() {
         info!(signal, "shutting down");
     }
     for _ in 0..cores {
         let _ = shutdown.send(());
     }
-    Ok(())
 }
 
 async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
-    let (senders, receivers) = start
-        .mesh
-        .join()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot join the shard mesh: {e}"))?;
-    let id = ShardId(u16::try_from(senders.peer_id()).context("shard id")?);
+    let index = start.next_shard_id.fetch_add(1, Ordering::SeqCst);
+    assert!(index < start.config.cores, "more executors than shards");
+    let id = ShardId(u16::try_from(index).context("shard id")?);
+    let senders = start.mesh.senders[index].clone();
+    let receivers = start.mesh.receivers[index].clone();
     rmq_storage::probe_direct_io(&start.config.data_dir)
         .await
         .with_context(|| {
@@ -228,6 +259,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     let _ = start.ready.send(Ok((id.0, bound)));
     let accept = glommio::spawn_local(kafka_listener::accept_loop(shard.clone(), listener));
     let _ = start.shutdown.recv_async().await;
+    shard.begin_shutdown();
     drop(accept);
     drain(&shard).await;
     shard.logs.close_all().await.context("closing logs")?;

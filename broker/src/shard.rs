@@ -6,6 +6,11 @@
 //! `Shard::send`, and the owner asserts it owns every partition it is asked about. Appends run
 //! synchronously as an op is received, so ops from one sender are appended in the order sent;
 //! only the waiting (durability, long-poll) happens in spawned tasks.
+//!
+//! The mesh is one bounded SPSC-used flume channel per ordered pair of shards, built before the
+//! executors start. It replaced glommio's `channel_mesh`, whose join handshake hung about one
+//! start in twelve with `--cores 16` on 2 busy CPUs (executors spin re-polling connection
+//! wakers while one parks unwoken); pre-built channels need no handshake.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -14,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use glommio::channels::channel_mesh::{Receivers, Senders};
 use rmq_protocols::kernel::{
     Acks, AppendedRange, KernelError, NodeInfo, ReadInput, ReadOutput, TopicPartition,
     LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST, LIST_OFFSETS_MAX_TIMESTAMP,
@@ -84,8 +88,12 @@ pub struct Shard {
     pub controller: Option<Controller>,
     pub connections: Cell<usize>,
     metadata: RefCell<Arc<ClusterMetadata>>,
-    senders: Senders<ShardOp>,
+    /// `mesh[peer]` sends to shard `peer`; `None` at this shard's own index.
+    mesh: Vec<Option<flume::Sender<ShardOp>>>,
     node: RefCell<Option<NodeInfo>>,
+    /// Dropped at shutdown: every clone of `stop_receiver` then wakes with an error.
+    stop_sender: RefCell<Option<flume::Sender<()>>>,
+    stop_receiver: flume::Receiver<()>,
 }
 
 pub fn now_ms() -> i64 {
@@ -131,9 +139,15 @@ impl Shard {
         id: ShardId,
         config: Arc<NodeConfig>,
         metadata: Arc<ClusterMetadata>,
-        senders: Senders<ShardOp>,
+        mesh: Vec<Option<flume::Sender<ShardOp>>>,
         controller: Option<Controller>,
     ) -> Shard {
+        assert_eq!(mesh.len(), config.cores, "one mesh channel per shard");
+        assert!(
+            mesh[usize::from(id.0)].is_none(),
+            "no mesh channel to itself"
+        );
+        let (stop_sender, stop_receiver) = flume::bounded(1);
         assert_eq!(
             controller.is_some(),
             id.0 == 0,
@@ -148,8 +162,10 @@ impl Shard {
             controller,
             connections: Cell::new(0),
             metadata: RefCell::new(Arc::new(ClusterMetadata::default())),
-            senders,
+            mesh,
             node: RefCell::new(None),
+            stop_sender: RefCell::new(Some(stop_sender)),
+            stop_receiver,
         }
         .with_metadata(metadata)
     }
@@ -186,10 +202,32 @@ impl Shard {
     /// Sends `op` to another shard over the mesh (waits while that queue is full).
     pub async fn send(&self, to: ShardId, op: ShardOp) -> Result<(), KernelError> {
         assert_ne!(to, self.id, "local work must not go through the mesh");
-        self.senders
-            .send_to(usize::from(to.0), op)
+        let sender = self
+            .mesh
+            .get(usize::from(to.0))
+            .and_then(Option::as_ref)
+            .ok_or(KernelError::ShuttingDown)?;
+        sender
+            .send_async(op)
             .await
             .map_err(|_| KernelError::ShuttingDown)
+    }
+
+    /// Starts shutdown: connections read no new requests, parked long-polls end now.
+    pub fn begin_shutdown(&self) {
+        self.stop_sender.borrow_mut().take();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stop_sender.borrow().is_none()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let receiver = self.stop_receiver.clone();
+        async move {
+            let _ = receiver.recv_async().await;
+        }
     }
 
     fn owned_log(&self, partition: &TopicPartition) -> Result<Rc<PartitionLog>, KernelError> {
@@ -282,12 +320,10 @@ impl Shard {
                 return;
             }
             let reply = reply.clone();
+            let stopped = self.stopped();
             glommio::spawn_local(async move {
-                future::or(
-                    log.wait_for_data(Offset(offset)),
-                    glommio::timer::sleep(timeout),
-                )
-                .await;
+                let data_or_stop = future::or(log.wait_for_data(Offset(offset)), stopped);
+                future::or(data_or_stop, glommio::timer::sleep(timeout)).await;
                 let _ = reply.try_send(());
             })
             .detach();
@@ -419,11 +455,11 @@ pub async fn await_appends(
 }
 
 /// Serves the ops other shards send to `shard`, one receive loop per peer.
-pub fn spawn_mesh_receivers(shard: &Rc<Shard>, mut receivers: Receivers<ShardOp>) {
-    for (_peer, receiver) in receivers.streams() {
+pub fn spawn_mesh_receivers(shard: &Rc<Shard>, receivers: Vec<flume::Receiver<ShardOp>>) {
+    for receiver in receivers {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(op) = receiver.recv().await {
+            while let Ok(op) = receiver.recv_async().await {
                 handle_op(&shard, op);
             }
         })

@@ -157,6 +157,8 @@ pub trait Kernel {
     fn auto_create_topics(&self) -> bool;
     /// `socket.request.max.bytes`: larger frames are refused before any allocation.
     fn max_request_bytes(&self) -> usize;
+    /// False once the node is shutting down: connections stop reading new requests.
+    fn accepting_requests(&self) -> bool;
     /// Waits until `size_bytes` fit in this shard's request memory budget.
     fn reserve_request_bytes(&self, size_bytes: usize)
         -> impl Future<Output = Self::RequestPermit>;

@@ -34,6 +34,8 @@ pub enum CloseReason {
     Io(String),
     /// The client sent something we refuse; the connection is closed, as Kafka does.
     BadRequest(String),
+    /// The node is shutting down and reads no new requests.
+    ShuttingDown,
 }
 
 /// Serves one connection until the client closes it or sends bad input.
@@ -50,6 +52,7 @@ where
     let reason = serve_frames(kernel, stream, stats).await;
     match &reason {
         CloseReason::ClientClosed => debug!(%peer, "kafka connection closed by client"),
+        CloseReason::ShuttingDown => debug!(%peer, "kafka connection closed at shutdown"),
         CloseReason::Io(e) => debug!(%peer, error = %e, "kafka connection ended"),
         CloseReason::BadRequest(why) => warn!(%peer, why = %why, "closing kafka connection"),
     }
@@ -67,6 +70,9 @@ where
             Ok(true) => {}
             Ok(false) => return CloseReason::ClientClosed,
             Err(e) => return CloseReason::Io(e.to_string()),
+        }
+        if !kernel.accepting_requests() {
+            return CloseReason::ShuttingDown;
         }
         let declared_size = i32::from_be_bytes(size_prefix);
         let size_bytes = match usize::try_from(declared_size) {

@@ -58,6 +58,9 @@ impl Kernel for MemoryKernel {
     fn max_request_bytes(&self) -> usize {
         1 << 20
     }
+    fn accepting_requests(&self) -> bool {
+        true
+    }
     async fn reserve_request_bytes(&self, _size_bytes: usize) {}
     fn topics(&self) -> Vec<TopicInfo> {
         vec![orders()]

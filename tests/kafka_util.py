@@ -80,6 +80,24 @@ def produce_all(p, records, topic, timeout_s=120, partition=None):
     return delivered
 
 
+def wait_for_total_high_watermark(bootstrap, topic, partitions, total, timeout_s=30):
+    """Poll until the partitions' high watermarks add up to `total` (acks=0 has no other
+    confirmation that the broker appended everything)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "rmq-test-nogroup"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            hw = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                  for p in range(partitions)]
+            if sum(hw) >= total:
+                return hw
+            if time.monotonic() > deadline:
+                raise AssertionError("high watermarks %s never reached %d in total" % (hw, total))
+            time.sleep(0.05)
+    finally:
+        c.close()
+
+
 def consume_all(bootstrap, topic, partitions, timeout_s=120, **conf):
     """Read every partition from the beginning up to its high watermark (taken first).
 

@@ -7,7 +7,8 @@ from collections import defaultdict
 import pytest
 
 from conftest import unique_topic
-from kafka_util import consume_all, create_topic, produce_all, producer
+from kafka_util import (consume_all, create_topic, produce_all, producer,
+                        wait_for_total_high_watermark)
 
 N_RECORDS = int(os.environ.get("RMQ_PC_RECORDS", "200000"))
 N_KEYS = 1000
@@ -106,6 +107,8 @@ def test_acks_0_and_1_non_idempotent(broker, acks):
                                       "max.in.flight.requests.per.connection": 1})
     delivered = produce_all(p, records, topic)
     assert len(delivered) == len(records)
+    if acks == "0":
+        wait_for_total_high_watermark(broker.bootstrap, topic, 2, len(records))
     got, hw = consume_all(broker.bootstrap, topic, 2)
     consumed = [(k, v) for part in sorted(got) for _o, k, v, _h in got[part]]
     assert sorted(consumed) == sorted(records)

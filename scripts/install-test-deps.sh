@@ -25,6 +25,8 @@ need_apt=()
 command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 \
   || need_apt+=(build-essential)
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+# The MQTT peer that rmq-bench is compared with (tests/test_bench.py, scripts/compare.sh).
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 # python3 -m venv needs ensurepip; Debian's system python3 needs python3-venv.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3-venv)

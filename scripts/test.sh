@@ -53,6 +53,10 @@ if [ "${RMQ_SKIP_CARGO:-0}" != "1" ]; then
        timeout 2400 cargo build --release --bin rmq-node; then
     print_summary; exit 1
   fi
+  if ! run_step "cargo build --release -p rmq-bench" \
+       timeout 1800 cargo build --release -p rmq-bench; then
+    print_summary; exit 1
+  fi
   run_step "cargo test --workspace --release" \
     timeout 1800 cargo test --workspace --release
 else
@@ -62,6 +66,7 @@ fi
 JUNIT="$ROOT/target/pytest-junit.xml"
 rm -f "$JUNIT"
 export RMQ_NODE_BIN="${RMQ_NODE_BIN:-$ROOT/target/release/rmq-node}"
+export RMQ_BENCH_BIN="${RMQ_BENCH_BIN:-$ROOT/target/release/rmq-bench}"
 echo
 echo "==> [pytest] RMQ_NODE_BIN=$RMQ_NODE_BIN"
 t0=$(date +%s)

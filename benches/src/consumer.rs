@@ -95,7 +95,7 @@ fn run(mut conn: Conn, cfg: &ConsumerConfig, clock: Clock, metrics: &Metrics) ->
     let mut local = LocalHist::new();
     let mut consecutive_errors = 0u32;
     let topic = TopicName(StrBytes::from_string(cfg.topic.clone()));
-    while !metrics.stopped() {
+    while !metrics.consumers_stopped() {
         let req = FetchRequest::default()
             .with_replica_id((-1).into())
             .with_max_wait_ms(cfg.max_wait_ms)
@@ -126,7 +126,7 @@ fn run(mut conn: Conn, cfg: &ConsumerConfig, clock: Clock, metrics: &Metrics) ->
             Err(e) => {
                 metrics.consumer_errors.fetch_add(1, Ordering::Relaxed);
                 consecutive_errors += 1;
-                if consecutive_errors >= MAX_CONSECUTIVE_ERRORS || metrics.stopped() {
+                if consecutive_errors >= MAX_CONSECUTIVE_ERRORS || metrics.consumers_stopped() {
                     return Err(e);
                 }
                 std::thread::sleep(ERROR_BACKOFF);
@@ -194,8 +194,11 @@ fn run(mut conn: Conn, cfg: &ConsumerConfig, clock: Clock, metrics: &Metrics) ->
                 metrics.recv_bytes.fetch_add(bytes, Ordering::Relaxed);
             }
         }
-        metrics.merge_e2e(&mut local);
+        if local.due() {
+            metrics.merge_e2e(&mut local);
+        }
     }
+    metrics.merge_e2e(&mut local);
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! rmq-bench: an OpenMessaging-style load generator speaking the Kafka protocol directly
-//! (kafka-protocol codec, std threads, blocking TCP; no librdkafka).
+//! (kafka-protocol codec, std threads, blocking TCP; no librdkafka) and MQTT 3.1.1 / 5
+//! (mqttbytes framing), so every broker and peer is measured with the same client code.
 
 mod consumer;
 mod kafka_client;
+mod mqtt;
 mod producer;
 mod report;
 mod workload;
@@ -20,7 +22,10 @@ use crate::report::{BenchResult, Clock, Counters, Metrics, ResultInput};
 use crate::workload::Workload;
 
 #[derive(Parser)]
-#[command(name = "rmq-bench", about = "OpenMessaging-style Kafka benchmark")]
+#[command(
+    name = "rmq-bench",
+    about = "OpenMessaging-style Kafka and MQTT benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,6 +41,8 @@ enum Cmd {
         #[arg(long)]
         workload: PathBuf,
     },
+    /// Run an MQTT workload file (benches/workloads/mqtt-*.yaml) against an MQTT 3.1.1/5 broker.
+    Mqtt(mqtt::MqttArgs),
     /// Producer-only micro benchmark (no workload file, no consumers).
     Produce {
         #[command(flatten)]
@@ -90,6 +97,9 @@ struct Common {
     /// Topic config sent with CreateTopics, KEY=VALUE (repeatable), e.g. storage.engine=memory.
     #[arg(long = "topic-config", value_parser = parse_kv)]
     topic_config: Vec<(String, String)>,
+    /// After the test, how long consumers may take to catch up with every published message.
+    #[arg(long, default_value_t = report::DEFAULT_DRAIN_S)]
+    drain_s: f64,
     /// Topic name prefix (a random suffix is appended).
     #[arg(long, default_value = "rmq-bench")]
     topic_prefix: String,
@@ -99,6 +109,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Kafka { common, workload } => Workload::load(&workload).and_then(|w| run(&common, w)),
+        Cmd::Mqtt(args) => mqtt::run(&args),
         Cmd::Produce {
             common,
             partitions,
@@ -148,7 +159,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -326,9 +337,14 @@ fn run(c: &Common, mut w: Workload) -> Result<()> {
     for p in producers {
         p.join();
     }
+    // Drain: consumers keep fetching until they hold every acknowledged message (or time out).
+    let expected = |s: &Counters| s.sent_msgs * subs as u64;
+    let drained = report::drain(&metrics, c.drain_s, |s| s.recv_msgs >= expected(s));
+    metrics.stop_consumers.store(true, Ordering::Relaxed);
     for h in consumers {
         let _ = h.join();
     }
+    let whole = metrics.snapshot();
     let result = BenchResult::new(
         ResultInput {
             workload: &w.name,
@@ -341,6 +357,12 @@ fn run(c: &Common, mut w: Workload) -> Result<()> {
             secs: (end - phase_start).as_secs_f64(),
             delta: final_snap.since(&base),
             backlog: backlog(&final_snap),
+            totals: report::Totals {
+                published: whole.sent_msgs,
+                consumed: whole.recv_msgs,
+                expected_consumed: expected(&whole),
+                drained,
+            },
             error_codes: metrics.error_codes(),
         },
         &publish_hist,

@@ -154,7 +154,7 @@ impl ProducerHandle {
     }
 }
 
-fn filler() -> Bytes {
+pub fn filler() -> Bytes {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut b = BytesMut::with_capacity(FILLER_BYTES);
     while b.len() < FILLER_BYTES {
@@ -363,6 +363,7 @@ impl Writer {
             let lingered = !self.current.is_empty()
                 && (stopping || self.current.intended_us[0] + linger_us <= now);
             if stopping && self.ready.is_empty() && self.current.is_empty() {
+                self.metrics.merge_publish(&mut self.local);
                 return Ok(());
             }
             // Sleep until the next record is due or the current batch lingers out.
@@ -463,7 +464,9 @@ impl Writer {
                     .sent_bytes
                     .fetch_add(b.bytes, Ordering::Relaxed);
             }
-            self.metrics.merge_publish(&mut self.local);
+            if self.local.due() {
+                self.metrics.merge_publish(&mut self.local);
+            }
             self.credits.release();
         }
         Ok(())
@@ -529,9 +532,11 @@ fn reader_loop(
                 credits.release();
             }
             metrics.pub_errors.fetch_add(lost, Ordering::Relaxed);
+            metrics.merge_publish(&mut local);
             return Err(e);
         }
     }
+    metrics.merge_publish(&mut local);
     Ok(())
 }
 
@@ -578,7 +583,9 @@ fn read_one(
             }
         }
     }
-    metrics.merge_publish(local);
+    if local.due() {
+        metrics.merge_publish(local);
+    }
     Ok(())
 }
 

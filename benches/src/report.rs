@@ -17,6 +17,57 @@ pub const MAX_ERROR_CODES: usize = 256;
 /// OMB counts MB/s in MiB.
 pub const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
 
+/// Default `--drain-s`: how long consumers may catch up after the producers stopped.
+pub const DEFAULT_DRAIN_S: f64 = 30.0;
+/// How often the drain loop checks the counters.
+pub const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// The drain gives up early when the consumed count has not moved for this long (a broker
+/// that dropped messages will never deliver them).
+pub const DRAIN_STALL: Duration = Duration::from_secs(5);
+
+/// After the producers stopped: wait until `done(counters)` holds or `secs` pass, printing the
+/// backlog once a second. Returns whether `done` held.
+pub fn drain(metrics: &Metrics, secs: f64, done: impl Fn(&Counters) -> bool) -> bool {
+    let limit = if secs.is_finite() && secs > 0.0 {
+        Duration::from_secs_f64(secs)
+    } else {
+        Duration::ZERO
+    };
+    let start = Instant::now();
+    let mut next_print = start + Duration::from_secs(1);
+    let mut last_recv = metrics.snapshot().recv_msgs;
+    let mut last_progress = start;
+    loop {
+        let s = metrics.snapshot();
+        if done(&s) {
+            return true;
+        }
+        let now = Instant::now();
+        if s.recv_msgs != last_recv {
+            last_recv = s.recv_msgs;
+            last_progress = now;
+        }
+        if now - start >= limit || now - last_progress >= DRAIN_STALL {
+            eprintln!(
+                "drain: gave up after {:.1} s (published {}, consumed {}; no progress for {:.1} s)",
+                (now - start).as_secs_f64(),
+                s.sent_msgs,
+                s.recv_msgs,
+                (now - last_progress).as_secs_f64()
+            );
+            return false;
+        }
+        if now >= next_print {
+            eprintln!(
+                "draining: published {} consumed {}",
+                s.sent_msgs, s.recv_msgs
+            );
+            next_print = now + Duration::from_secs(1);
+        }
+        std::thread::sleep(DRAIN_POLL);
+    }
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     // Construction only fails for invalid bounds, which are constants here.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, HIST_SIGFIG).expect("valid histogram bounds")
@@ -73,18 +124,34 @@ impl Recorder {
     }
 }
 
-/// Per-thread latency batch merged into the shared recorder once per response, so a lock is
-/// taken per request, not per record.
-pub struct LocalHist(pub Histogram<u64>);
+/// How often a thread merges its local latencies into the shared recorder. A merge walks the
+/// whole counts array (~20k slots at these bounds), so merging per response would cost more
+/// than the I/O it measures.
+pub const MERGE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Per-thread latency batch merged into the shared recorder every `MERGE_INTERVAL` (callers
+/// check `due()`), so the lock and the merge are off the per-record path.
+pub struct LocalHist {
+    pub hist: Histogram<u64>,
+    last_merge: Instant,
+}
 
 impl LocalHist {
     pub fn new() -> Self {
-        LocalHist(new_histogram())
+        LocalHist {
+            hist: new_histogram(),
+            last_merge: Instant::now(),
+        }
     }
 
     pub fn record(&mut self, us: u64) {
         // saturating_record clamps to the highest trackable value instead of failing.
-        self.0.saturating_record(us.max(1));
+        self.hist.saturating_record(us.max(1));
+    }
+
+    /// Whether `MERGE_INTERVAL` has passed since the last merge.
+    pub fn due(&self) -> bool {
+        self.last_merge.elapsed() >= MERGE_INTERVAL
     }
 }
 
@@ -95,31 +162,40 @@ impl Default for LocalHist {
 }
 
 pub struct Metrics {
+    /// Producers / publishers stop generating and drain what is in flight.
     pub stop: AtomicBool,
+    /// Consumers / subscribers stop (set after the drain, so they can catch up first).
+    pub stop_consumers: AtomicBool,
     pub sent_msgs: AtomicU64,
     pub sent_bytes: AtomicU64,
     pub pub_errors: AtomicU64,
     pub recv_msgs: AtomicU64,
     pub recv_bytes: AtomicU64,
     pub consumer_errors: AtomicU64,
+    /// Malformed or unexpected packets from the broker (never a panic).
+    pub protocol_errors: AtomicU64,
     error_codes: Mutex<BTreeMap<i16, u64>>,
     pub_lat: Mutex<Recorder>,
     e2e_lat: Mutex<Recorder>,
+    conn_lat: Mutex<Recorder>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         Metrics {
             stop: AtomicBool::new(false),
+            stop_consumers: AtomicBool::new(false),
             sent_msgs: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
             pub_errors: AtomicU64::new(0),
             recv_msgs: AtomicU64::new(0),
             recv_bytes: AtomicU64::new(0),
             consumer_errors: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
             error_codes: Mutex::new(BTreeMap::new()),
             pub_lat: Mutex::new(Recorder::new()),
             e2e_lat: Mutex::new(Recorder::new()),
+            conn_lat: Mutex::new(Recorder::new()),
         }
     }
 
@@ -147,16 +223,27 @@ impl Metrics {
         self.stop.load(Ordering::Relaxed)
     }
 
+    pub fn consumers_stopped(&self) -> bool {
+        self.stop_consumers.load(Ordering::Relaxed)
+    }
+
+    /// Stop everything (producers and consumers) at once.
+    pub fn stop_all(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop_consumers.store(true, Ordering::Relaxed);
+    }
+
     fn merge(rec: &Mutex<Recorder>, local: &mut LocalHist) {
-        if local.0.is_empty() {
+        local.last_merge = Instant::now();
+        if local.hist.is_empty() {
             return;
         }
         if let Ok(mut r) = rec.lock() {
             // Both histograms share the same bounds, so add cannot fail.
-            let _ = r.interval.add(&local.0);
-            let _ = r.total.add(&local.0);
+            let _ = r.interval.add(&local.hist);
+            let _ = r.total.add(&local.hist);
         }
-        local.0.reset();
+        local.hist.reset();
     }
 
     pub fn merge_publish(&self, local: &mut LocalHist) {
@@ -165,6 +252,10 @@ impl Metrics {
 
     pub fn merge_e2e(&self, local: &mut LocalHist) {
         Self::merge(&self.e2e_lat, local);
+    }
+
+    pub fn merge_connect(&self, local: &mut LocalHist) {
+        Self::merge(&self.conn_lat, local);
     }
 
     fn take_interval(rec: &Mutex<Recorder>) -> Histogram<u64> {
@@ -186,7 +277,7 @@ impl Metrics {
 
     /// End of warmup: forget everything recorded so far.
     pub fn reset_totals(&self) {
-        for rec in [&self.pub_lat, &self.e2e_lat] {
+        for rec in [&self.pub_lat, &self.e2e_lat, &self.conn_lat] {
             if let Ok(mut r) = rec.lock() {
                 r.interval.reset();
                 r.total.reset();
@@ -202,6 +293,7 @@ impl Metrics {
             recv_msgs: self.recv_msgs.load(Ordering::Relaxed),
             recv_bytes: self.recv_bytes.load(Ordering::Relaxed),
             consumer_errors: self.consumer_errors.load(Ordering::Relaxed),
+            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -220,6 +312,14 @@ impl Metrics {
     pub fn total_e2e(&self) -> Histogram<u64> {
         Self::total(&self.e2e_lat)
     }
+
+    pub fn interval_connect(&self) -> Histogram<u64> {
+        Self::take_interval(&self.conn_lat)
+    }
+
+    pub fn total_connect(&self) -> Histogram<u64> {
+        Self::total(&self.conn_lat)
+    }
 }
 
 impl Default for Metrics {
@@ -236,6 +336,7 @@ pub struct Counters {
     pub recv_msgs: u64,
     pub recv_bytes: u64,
     pub consumer_errors: u64,
+    pub protocol_errors: u64,
 }
 
 impl Counters {
@@ -247,6 +348,7 @@ impl Counters {
             recv_msgs: self.recv_msgs.saturating_sub(base.recv_msgs),
             recv_bytes: self.recv_bytes.saturating_sub(base.recv_bytes),
             consumer_errors: self.consumer_errors.saturating_sub(base.consumer_errors),
+            protocol_errors: self.protocol_errors.saturating_sub(base.protocol_errors),
         }
     }
 }
@@ -280,7 +382,7 @@ impl Percentiles {
         }
     }
 
-    fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "avg {:.0} - 50% {} - 99% {} - 99.9% {} - max {}",
             self.avg, self.p50, self.p99, self.p99_9, self.max
@@ -326,7 +428,7 @@ pub struct RateFigures {
 }
 
 impl RateFigures {
-    fn new(msgs: u64, bytes: u64, secs: f64) -> Self {
+    pub fn new(msgs: u64, bytes: u64, secs: f64) -> Self {
         let s = secs.max(1e-9);
         RateFigures {
             msgs_per_sec: msgs as f64 / s,
@@ -353,6 +455,14 @@ pub struct BenchResult {
     pub publish_errors: u64,
     pub consumer_errors: u64,
     pub backlog_msgs: i64,
+    /// Whole run (warmup and drain included): messages acknowledged by the broker.
+    pub published_total: u64,
+    /// Whole run: messages consumed (every subscription counts its own copy).
+    pub consumed_total: u64,
+    /// published_total x subscriptions: what consumed_total must reach when nothing is lost.
+    pub expected_consumed_total: u64,
+    /// Whether consumers caught up with every published message before the drain timeout.
+    pub drained: bool,
     /// Error responses by Kafka error code (whole run, warmup included).
     pub error_codes: BTreeMap<i16, u64>,
     pub publish_latency_us: Percentiles,
@@ -370,7 +480,17 @@ pub struct ResultInput<'a> {
     pub secs: f64,
     pub delta: Counters,
     pub backlog: i64,
+    pub totals: Totals,
     pub error_codes: BTreeMap<i16, u64>,
+}
+
+/// Whole-run message accounting (see `BenchResult`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub published: u64,
+    pub consumed: u64,
+    pub expected_consumed: u64,
+    pub drained: bool,
 }
 
 impl BenchResult {
@@ -389,6 +509,10 @@ impl BenchResult {
             publish_errors: i.delta.pub_errors,
             consumer_errors: i.delta.consumer_errors,
             backlog_msgs: i.backlog,
+            published_total: i.totals.published,
+            consumed_total: i.totals.consumed,
+            expected_consumed_total: i.totals.expected_consumed,
+            drained: i.totals.drained,
             error_codes: i.error_codes,
             publish_latency_us: Percentiles::of(publish),
             end_to_end_latency_us: Percentiles::of(e2e),
@@ -416,6 +540,17 @@ impl BenchResult {
             self.consume.msgs,
             self.consumer_errors,
             self.backlog_msgs
+        );
+        println!(
+            "Totals:  published {} consumed {} expected {}{}",
+            self.published_total,
+            self.consumed_total,
+            self.expected_consumed_total,
+            if self.drained {
+                ""
+            } else {
+                " (drain timed out)"
+            }
         );
         if !self.error_codes.is_empty() {
             println!(

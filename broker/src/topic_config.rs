@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rmq_protocols::kernel::{ConfigEntry, KernelError};
-use rmq_storage::LogConfig;
+use rmq_storage::{LogConfig, StorageEngine};
 
 /// One topic config key: name, Kafka default, and whether we accept a value for it.
 struct ConfigKey {
@@ -17,6 +17,13 @@ fn non_negative_i64(value: &str) -> Result<(), String> {
     match value.parse::<i64>() {
         Ok(v) if v >= 0 => Ok(()),
         _ => Err("must be a non-negative integer".to_string()),
+    }
+}
+
+fn positive_i64(value: &str) -> Result<(), String> {
+    match value.parse::<i64>() {
+        Ok(v) if v >= 1 => Ok(()),
+        _ => Err("must be a positive integer".to_string()),
     }
 }
 
@@ -73,6 +80,19 @@ const CONFIG_KEYS: &[ConfigKey] = &[
         default: "producer",
         validate: |v| one_of(v, &["producer"]),
     },
+    // Kafka semantics: fdatasync after this many records / once the oldest unsynced write is
+    // this old. Our defaults (1 record, i.e. every record) make the fdatasync covering a batch
+    // precede its acks=all answer; relaxing both lets acks=all answer once written.
+    ConfigKey {
+        name: "flush.messages",
+        default: "1",
+        validate: positive_i64,
+    },
+    ConfigKey {
+        name: "flush.ms",
+        default: "9223372036854775807",
+        validate: non_negative_i64,
+    },
     ConfigKey {
         name: "index.interval.bytes",
         default: "4096",
@@ -112,6 +132,14 @@ const CONFIG_KEYS: &[ConfigKey] = &[
         name: "segment.ms",
         default: "604800000",
         validate: non_negative_i64,
+    },
+    // RobustMQ: `memory` keeps a partition's batches in memory, bounded by retention.bytes
+    // (64 MiB when -1): acks=all answers once appended, and a restart brings the topic back
+    // empty. Chosen when a partition is opened.
+    ConfigKey {
+        name: "storage.engine",
+        default: "file",
+        validate: |v| one_of(v, &["file", "memory"]),
     },
 ];
 
@@ -165,6 +193,13 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> LogConfig {
         index_interval_bytes: value(configs, "index.interval.bytes")
             .parse()
             .unwrap_or(defaults.index_interval_bytes),
+        engine: StorageEngine::parse(value(configs, "storage.engine")).unwrap_or(defaults.engine),
+        flush_messages: value(configs, "flush.messages")
+            .parse()
+            .unwrap_or(defaults.flush_messages),
+        flush_ms: value(configs, "flush.ms")
+            .parse()
+            .unwrap_or(defaults.flush_ms),
     }
 }
 
@@ -222,5 +257,34 @@ mod tests {
                 .expect("entry")
                 .is_default
         );
+    }
+
+    #[test]
+    fn storage_engine_and_flush_policy_reach_the_log_config() {
+        let defaults = log_config(&BTreeMap::new());
+        assert_eq!(defaults, LogConfig::default());
+        let stored = validate(&[
+            ("storage.engine".to_string(), Some("memory".to_string())),
+            ("flush.messages".to_string(), Some("1000".to_string())),
+            ("flush.ms".to_string(), Some("50".to_string())),
+        ])
+        .expect("valid");
+        let log = log_config(&stored);
+        assert_eq!(log.engine, StorageEngine::Memory);
+        assert_eq!(log.flush_messages, 1000);
+        assert_eq!(log.flush_ms, 50);
+        for (name, bad) in [
+            ("storage.engine", "disk"),
+            ("flush.messages", "0"),
+            ("flush.ms", "-1"),
+        ] {
+            assert!(
+                matches!(
+                    validate(&[(name.to_string(), Some(bad.to_string()))]),
+                    Err(KernelError::InvalidConfig(_))
+                ),
+                "{name}={bad}"
+            );
+        }
     }
 }

@@ -76,8 +76,34 @@ pub const SEGMENTS_MAX: usize = 100_000;
 /// so a roll right before a crash does not forget producers.
 pub const RECOVERY_PRODUCER_SEGMENTS: usize = 2;
 
+/// Offset-index entries the writer lets accumulate before appending them to the index files:
+/// 512 entries = 4 KiB of `.index` (one sector) and 6 KiB of `.timeindex`. Index files are
+/// not needed for durability (recovery validates every entry and scans the active segments in
+/// full), so persisting them in sector-sized batches instead of every write round takes two
+/// small direct-IO writes off the acks=all path: measured here, ~170 us of a ~550 us round at
+/// 50 MB/s. A rolled segment and `close` persist the rest.
+pub const INDEX_PERSIST_ENTRIES: usize = 512;
+
+/// Kafka `flush.messages` value that syncs every record before `wait_durable` resolves.
+pub const FLUSH_MESSAGES_STRICT: i64 = 1;
+
+/// Bytes a memory-engine partition keeps when `retention.bytes` is -1: 64 MiB, so a shard
+/// with 64 memory partitions holds at most 4 GiB of records.
+pub const MEMORY_LOG_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Largest `retention.bytes` a memory-engine partition honours: 1 GiB. The bound is exceeded
+/// by at most the newest batch (<= `MESSAGE_BYTES_MAX`), which is always kept.
+pub const MEMORY_LOG_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Pause between retries of a write round that failed with ENOSPC: 100 ms, so a full disk
+/// costs at most 10 failed writes per second per partition, and writes resume within
+/// 100 ms of space being freed. Appends are refused with `NoSpace` meanwhile.
+pub const NO_SPACE_RETRY_MS: u64 = 100;
+
 const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(SECTOR_BYTES));
 const _: () = assert!((SCAN_CHUNK_BYTES as u64).is_multiple_of(SECTOR_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(SECTOR_BYTES));
 const _: () = assert!(PENDING_BYTES_MAX >= MESSAGE_BYTES_MAX as u64);
+const _: () = assert!(INDEX_PERSIST_ENTRIES <= INDEX_ENTRIES_MAX);
+const _: () = assert!(MEMORY_LOG_BYTES_DEFAULT <= MEMORY_LOG_BYTES_MAX);

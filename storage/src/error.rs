@@ -10,7 +10,11 @@ use crate::batch::BatchError;
 pub enum StorageError {
     /// The kernel or glommio refused an IO.
     #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The filesystem is full (ENOSPC) or over quota (EDQUOT). Not fatal: nothing that failed
+    /// was acknowledged, reads keep working, and writes resume once space is freed.
+    #[error("no space left on the log's filesystem")]
+    NoSpace,
     /// Disk contents do not make sense (and cannot be repaired by truncation).
     #[error("corrupt log: {0}")]
     Corrupt(String),
@@ -53,8 +57,25 @@ pub enum StorageError {
     InvalidArgument(String),
 }
 
+impl From<std::io::Error> for StorageError {
+    /// ENOSPC and EDQUOT become `NoSpace`, which the file engine survives; every other IO
+    /// error stays `Io`.
+    fn from(error: std::io::Error) -> StorageError {
+        use std::io::ErrorKind;
+        let full = matches!(
+            error.kind(),
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+        ) || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        if full {
+            StorageError::NoSpace
+        } else {
+            StorageError::Io(error)
+        }
+    }
+}
+
 impl<T> From<glommio::GlommioError<T>> for StorageError {
     fn from(error: glommio::GlommioError<T>) -> StorageError {
-        StorageError::Io(std::io::Error::from(error))
+        StorageError::from(std::io::Error::from(error))
     }
 }

@@ -1,5 +1,6 @@
-//! rmq-storage: the file engine partition log. Kafka RecordBatch v2 bytes stored exactly as
-//! produced, in direct-IO segment files with sparse offset and time indexes.
+//! rmq-storage: the partition log. Kafka RecordBatch v2 bytes stored exactly as produced, by
+//! one of two engines chosen per topic: `file` (direct-IO segment files with sparse offset and
+//! time indexes) or `memory` (a byte-bounded ring of batches).
 //!
 //! Concurrency contract: everything here is single-threaded and `!Send`; each shard owns its
 //! `LogManager` and the `PartitionLog`s in it, and must run inside a glommio executor.
@@ -7,9 +8,11 @@
 pub mod batch;
 pub mod constants;
 pub mod error;
+mod file_log;
 pub mod log;
 pub mod log_manager;
 mod log_writer;
+mod memory_log;
 mod producer_state;
 mod recovery;
 mod segment;
@@ -23,7 +26,7 @@ mod tests;
 
 pub use batch::{validate_batches, BatchError, BatchHeader, RECORD_BATCH_HEADER_BYTES};
 pub use error::StorageError;
-pub use log::{AppendOutcome, LogConfig, PartitionLog};
+pub use log::{AppendOutcome, LogConfig, LogStats, PartitionLog, StorageEngine};
 pub use log_manager::{probe_direct_io, LogManager};
 
 /// A Kafka offset within one partition.

@@ -1,31 +1,58 @@
-//! One partition log: offset assignment, idempotent-producer checks, segment rolls, reads,
-//! truncation, retention and close. The background writer lives in `log_writer.rs`.
+//! One partition log, whatever engine stores it: the public `PartitionLog` API the broker
+//! uses, its per-topic `LogConfig`, and the dispatch to the engine chosen by
+//! `LogConfig::engine` when the log is opened (`file_log.rs` or `memory_log.rs`).
+//!
+//! Engine semantics every caller may rely on (the conformance tests in `tests.rs` run the same
+//! bodies against both): offsets are dense and assigned at `append`; reads return whole
+//! batches byte for byte from the one containing the requested offset; idempotent producers
+//! get their original offsets for a retried batch; `log_start_offset` only grows except by
+//! truncation to an empty log; `wait_durable` resolves once the batch is durable under the
+//! topic's policy. For the memory engine that is "appended in memory": a memory topic answers
+//! acks=all at once and loses its records on restart (the topic comes back, empty, at offset
+//! 0).
 //!
 //! Concurrency contract: single-threaded (`!Send`), shared as `Rc<PartitionLog>` by the tasks
-//! of one shard. All mutable state sits in one `RefCell` that is borrowed only between awaits,
-//! never across one. `append` is synchronous and only touches memory; one background writer
-//! task per log moves appended bytes to disk. File-level work (writer rounds, truncation,
-//! retention deletes, close) is serialised by `io_lock`, so there is at most one write in
-//! flight per segment.
+//! of one shard; each engine documents how it keeps borrows off awaits.
 
-use crate::batch::{assign_offset, BatchHeader};
+use crate::batch::BatchHeader;
 use crate::constants::{
-    MESSAGE_BYTES_MAX, PENDING_BYTES_MAX, READ_CACHE_BYTES_MAX, SEGMENT_BYTES_MAX,
-    SEGMENT_BYTES_MIN, SEGMENT_RELATIVE_OFFSET_MAX,
+    FLUSH_MESSAGES_STRICT, MEMORY_LOG_BYTES_DEFAULT, MEMORY_LOG_BYTES_MAX, MESSAGE_BYTES_MAX,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
 use crate::error::StorageError;
-use crate::producer_state::{ProducerStateManager, SequenceCheck};
-use crate::recovery::{recover_log, RecoveredLog};
-use crate::segment::Segment;
-use crate::segment_reader::{read_batches, BatchScanner, ScanStep};
-use crate::waiters::WaiterList;
+use crate::file_log::FileLog;
+use crate::memory_log::MemoryLog;
 use crate::Offset;
 use bytes::{Bytes, BytesMut};
-use glommio::sync::Semaphore;
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
+
+/// Where a partition keeps its batches (topic config `storage.engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StorageEngine {
+    /// Direct-IO segment files; survives restarts and crashes under the flush policy.
+    #[default]
+    File,
+    /// Batches in memory, bounded by bytes; nothing survives a restart.
+    Memory,
+}
+
+impl StorageEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageEngine::File => "file",
+            StorageEngine::Memory => "memory",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<StorageEngine> {
+        match value {
+            "file" => Some(StorageEngine::File),
+            "memory" => Some(StorageEngine::Memory),
+            _ => None,
+        }
+    }
+}
 
 /// Per-partition settings, named after Kafka's topic configs.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,15 +61,25 @@ pub struct LogConfig {
     pub segment_ms: i64,
     /// -1 = keep forever.
     pub retention_ms: i64,
-    /// -1 = unbounded.
+    /// -1 = unbounded (file engine); the memory engine then keeps
+    /// `MEMORY_LOG_BYTES_DEFAULT`.
     pub retention_bytes: i64,
     pub max_message_bytes: usize,
     pub index_interval_bytes: u32,
+    /// Fixed when the log is opened; `set_config` does not move a log between engines.
+    pub engine: StorageEngine,
+    /// Kafka `flush.messages`: fdatasync once this many records are written but not synced.
+    /// 1 (the default) = every record is synced before `wait_durable` resolves.
+    pub flush_messages: i64,
+    /// Kafka `flush.ms`: fdatasync once the oldest unsynced write is this old. 0 = every
+    /// record is synced before `wait_durable` resolves; i64::MAX (the default) = no timer.
+    pub flush_ms: i64,
 }
 
 impl Default for LogConfig {
     /// Kafka's defaults: 1 GiB segments, 7 days roll and retention, 1 MiB + 12 batches,
-    /// an index entry every 4096 bytes.
+    /// an index entry every 4096 bytes; the file engine with an fdatasync before every
+    /// acks=all answer.
     fn default() -> LogConfig {
         let week_ms = 7 * 24 * 3600 * 1000;
         LogConfig {
@@ -52,19 +89,36 @@ impl Default for LogConfig {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             index_interval_bytes: 4096,
+            engine: StorageEngine::File,
+            flush_messages: FLUSH_MESSAGES_STRICT,
+            flush_ms: i64::MAX,
         }
     }
 }
 
 impl LogConfig {
-    /// Clamps values to what the file engine supports.
-    fn normalized(mut self) -> LogConfig {
+    /// Clamps values to what the engines support.
+    pub(crate) fn normalized(mut self) -> LogConfig {
         self.segment_bytes = self
             .segment_bytes
             .clamp(SEGMENT_BYTES_MIN, SEGMENT_BYTES_MAX);
         self.max_message_bytes = self.max_message_bytes.min(MESSAGE_BYTES_MAX);
         self.index_interval_bytes = self.index_interval_bytes.max(1);
+        self.flush_messages = self.flush_messages.max(FLUSH_MESSAGES_STRICT);
+        self.flush_ms = self.flush_ms.max(0);
         self
+    }
+
+    /// True when every record must be fdatasynced before `wait_durable` resolves.
+    pub(crate) fn sync_every_record(&self) -> bool {
+        self.flush_messages <= FLUSH_MESSAGES_STRICT || self.flush_ms == 0
+    }
+
+    /// Bytes a memory log keeps: `retention.bytes` when set, else the default, capped.
+    pub(crate) fn memory_bytes_max(&self) -> u64 {
+        u64::try_from(self.retention_bytes)
+            .unwrap_or(MEMORY_LOG_BYTES_DEFAULT)
+            .min(MEMORY_LOG_BYTES_MAX)
     }
 }
 
@@ -81,141 +135,35 @@ pub enum AppendOutcome {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Lifecycle {
-    Open,
-    Truncating,
-    Closing,
-    Closed,
+/// Counters of one log since it was opened (summed per shard by `LogManager::stats`).
+/// Batches per fsync = `fsynced_batches / fsyncs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub appended_batches: u64,
+    pub appended_bytes: u64,
+    /// fdatasync calls on segment files completed by the writer.
+    pub fsyncs: u64,
+    /// Batches made durable by those fdatasyncs.
+    pub fsynced_batches: u64,
+    /// Write rounds that failed with ENOSPC / EDQUOT (each retried later).
+    pub no_space_errors: u64,
+    /// Batches a memory log dropped to stay within its byte bound.
+    pub evicted_batches: u64,
 }
 
-/// Bytes appended to one segment, waiting for the writer.
-pub(crate) struct PendingWrite {
-    pub(crate) segment_base: i64,
-    pub(crate) bytes: Bytes,
-    /// One past the last offset in `bytes`.
-    pub(crate) end_offset: i64,
-}
-
-pub(crate) struct CachedBatch {
-    base_offset: i64,
-    last_offset: i64,
-    bytes: Bytes,
-}
-
-pub(crate) struct LogState {
-    pub(crate) config: LogConfig,
-    pub(crate) segments: Vec<Segment>,
-    pub(crate) producers: ProducerStateManager,
-    pub(crate) next_offset: i64,
-    /// One past the last offset written to its file (pwrite done).
-    pub(crate) high_watermark: i64,
-    /// One past the last offset covered by a completed fdatasync.
-    pub(crate) durable_offset: i64,
-    /// Durability requested up to here (exclusive) by `wait_durable` / `flush`.
-    pub(crate) sync_wanted: i64,
-    pub(crate) pending: VecDeque<PendingWrite>,
-    pub(crate) pending_bytes: u64,
-    /// Segments written since their last fdatasync.
-    pub(crate) unsynced_segments: Vec<i64>,
-    /// Segments written since open, whose files may end in padding until `close`.
-    pub(crate) padded_segments: Vec<i64>,
-    cache: VecDeque<CachedBatch>,
-    cache_bytes: usize,
-    max_timestamp: Option<(i64, i64)>,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) writer_running: bool,
-    pub(crate) failure: Option<String>,
-    /// Bumped by every truncation so waiters for truncated offsets give up.
-    pub(crate) truncations: u64,
-}
-
-pub struct PartitionLog {
-    pub(crate) dir: PathBuf,
-    pub(crate) state: RefCell<LogState>,
-    pub(crate) io_lock: Semaphore,
-    /// Woken when the high watermark moves (wait_written, wait_for_data) or on close/failure.
-    pub(crate) written_waiters: WaiterList,
-    pub(crate) durable_waiters: WaiterList,
-    pub(crate) writer_waiters: WaiterList,
-    pub(crate) writer_stopped: WaiterList,
-}
-
-impl LogState {
-    fn from_recovered(config: LogConfig, recovered: RecoveredLog) -> LogState {
-        let end = recovered.next_offset;
-        LogState {
-            config,
-            segments: recovered.segments,
-            producers: recovered.producers,
-            next_offset: end,
-            high_watermark: end,
-            durable_offset: end,
-            sync_wanted: end,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            unsynced_segments: Vec::new(),
-            padded_segments: Vec::new(),
-            cache: VecDeque::new(),
-            cache_bytes: 0,
-            max_timestamp: recovered.max_timestamp,
-            lifecycle: Lifecycle::Open,
-            writer_running: false,
-            failure: None,
-            truncations: 0,
-        }
-    }
-
-    pub(crate) fn failure_error(&self) -> Option<StorageError> {
-        self.failure
-            .as_ref()
-            .map(|message| StorageError::Io(std::io::Error::other(message.clone())))
-    }
-
-    fn ensure_open(&self) -> Result<(), StorageError> {
-        if let Some(error) = self.failure_error() {
-            return Err(error);
-        }
-        match self.lifecycle {
-            Lifecycle::Open => Ok(()),
-            Lifecycle::Truncating => Err(StorageError::TruncateInProgress),
-            Lifecycle::Closing | Lifecycle::Closed => Err(StorageError::Closed),
-        }
-    }
-
-    fn log_start(&self) -> i64 {
-        self.segments
-            .first()
-            .map_or(0, |segment| segment.base_offset)
-    }
-
-    fn active(&mut self) -> &mut Segment {
-        self.segments
-            .last_mut()
-            .expect("a log always has an active segment")
-    }
-
-    pub(crate) fn segment(&self, base_offset: i64) -> Option<&Segment> {
-        let index = self
-            .segments
-            .partition_point(|s| s.base_offset < base_offset);
-        self.segments
-            .get(index)
-            .filter(|s| s.base_offset == base_offset)
-    }
-
-    pub(crate) fn segment_mut(&mut self, base_offset: i64) -> Option<&mut Segment> {
-        let index = self
-            .segments
-            .partition_point(|s| s.base_offset < base_offset);
-        self.segments
-            .get_mut(index)
-            .filter(|s| s.base_offset == base_offset)
+impl LogStats {
+    pub fn add(&mut self, other: &LogStats) {
+        self.appended_batches += other.appended_batches;
+        self.appended_bytes += other.appended_bytes;
+        self.fsyncs += other.fsyncs;
+        self.fsynced_batches += other.fsynced_batches;
+        self.no_space_errors += other.no_space_errors;
+        self.evicted_batches += other.evicted_batches;
     }
 }
 
 /// Checks that `headers` describe `records` exactly; returns the number of offsets they use.
-fn check_payload(records: &[u8], headers: &[BatchHeader]) -> Result<i64, StorageError> {
+pub(crate) fn check_payload(records: &[u8], headers: &[BatchHeader]) -> Result<i64, StorageError> {
     if headers.is_empty() {
         return Err(StorageError::InvalidArgument("no batch headers".into()));
     }
@@ -240,621 +188,177 @@ fn check_payload(records: &[u8], headers: &[BatchHeader]) -> Result<i64, Storage
     Ok(offsets)
 }
 
-impl LogState {
-    fn check_append(&self, records: &[u8], headers: &[BatchHeader]) -> Result<i64, StorageError> {
-        self.ensure_open()?;
-        let offsets = check_payload(records, headers)?;
-        let pending_bytes = self.pending_bytes + records.len() as u64;
-        if pending_bytes > PENDING_BYTES_MAX {
-            return Err(StorageError::Backpressure {
-                pending_bytes: self.pending_bytes,
-                max_bytes: PENDING_BYTES_MAX,
-            });
-        }
-        if self.next_offset.checked_add(offsets).is_none() {
-            return Err(StorageError::InvalidArgument("offset overflow".into()));
-        }
-        Ok(offsets)
-    }
+enum Engine {
+    File(Rc<FileLog>),
+    Memory(Box<MemoryLog>),
+}
 
-    /// Starts a new segment when the active one is non-empty and full, old, or would overflow
-    /// its u32 relative offsets.
-    fn roll_if_needed(&mut self, incoming_bytes: u64, last_offset: i64, now_ms: i64) {
-        let next_offset = self.next_offset;
-        let segment_bytes = self.config.segment_bytes;
-        let segment_ms = self.config.segment_ms;
-        let interval = self.config.index_interval_bytes;
-        let active = self.active();
-        if active.is_empty() {
-            return;
-        }
-        let full = active.size_bytes + incoming_bytes > segment_bytes;
-        let old = active
-            .first_append_ms
-            .is_some_and(|first_ms| now_ms.saturating_sub(first_ms) >= segment_ms);
-        let overflow = last_offset - active.base_offset > SEGMENT_RELATIVE_OFFSET_MAX;
-        if full || old || overflow {
-            assert!(next_offset >= active.next_offset);
-            self.segments.push(Segment::new(next_offset, interval));
-        }
-    }
+/// One partition log; see the module comment for what every engine guarantees.
+pub struct PartitionLog {
+    engine: Engine,
+}
 
-    /// Records the batches of `bytes` (offsets already assigned) in the active segment, the
-    /// producer state, the read cache and the pending queue.
-    fn apply_append(&mut self, bytes: Bytes, headers: &[BatchHeader], now_ms: i64) {
-        let mut position = 0usize;
-        let mut offset = self.next_offset;
-        for header in headers {
-            let size = header.total_size_bytes();
-            let mut assigned = *header;
-            assigned.base_offset = offset;
-            self.record_batch(&assigned, position as u64);
-            self.cache_push(CachedBatch {
-                base_offset: offset,
-                last_offset: assigned.last_offset(),
-                bytes: bytes.slice(position..position + size),
-            });
-            position += size;
-            offset = assigned.last_offset() + 1;
+/// Calls the same method on whichever engine backs the log.
+macro_rules! dispatch {
+    ($self:ident, $log:ident => $call:expr) => {
+        match &$self.engine {
+            Engine::File($log) => $call,
+            Engine::Memory($log) => $call,
         }
-        let active = self.active();
-        active.size_bytes += bytes.len() as u64;
-        active.next_offset = offset;
-        active.first_append_ms.get_or_insert(now_ms);
-        let segment_base = active.base_offset;
-        self.next_offset = offset;
-        self.pending_bytes += bytes.len() as u64;
-        self.pending.push_back(PendingWrite {
-            segment_base,
-            bytes,
-            end_offset: offset,
-        });
-    }
-
-    fn record_batch(&mut self, header: &BatchHeader, position_in_append: u64) {
-        let active = self.active();
-        let position = active.size_bytes + position_in_append;
-        let relative = header.base_offset - active.base_offset;
-        assert!((0..=SEGMENT_RELATIVE_OFFSET_MAX).contains(&relative));
-        assert!(position <= u64::from(u32::MAX));
-        let max_before = active.max_timestamp;
-        active
-            .index
-            .maybe_add(relative as u32, position as u32, max_before);
-        if header.max_timestamp > active.max_timestamp {
-            active.max_timestamp = header.max_timestamp;
-            active.max_timestamp_offset = header.base_offset;
-        }
-        if self
-            .max_timestamp
-            .is_none_or(|(_, ts)| header.max_timestamp > ts)
-        {
-            self.max_timestamp = Some((header.base_offset, header.max_timestamp));
-        }
-        self.producers.record(header);
-    }
-
-    fn cache_push(&mut self, batch: CachedBatch) {
-        self.cache_bytes += batch.bytes.len();
-        self.cache.push_back(batch);
-        while self.cache_bytes > READ_CACHE_BYTES_MAX {
-            let evicted = self.cache.pop_front().expect("cache bytes imply entries");
-            self.cache_bytes -= evicted.bytes.len();
-        }
-    }
-
-    fn cache_drop_before(&mut self, offset: i64) {
-        while self
-            .cache
-            .front()
-            .is_some_and(|batch| batch.base_offset < offset)
-        {
-            let evicted = self.cache.pop_front().expect("front exists");
-            self.cache_bytes -= evicted.bytes.len();
-        }
-    }
-
-    /// Whole cached batches from the one containing `from`, if the cache reaches back that far.
-    fn cache_read(&self, from: i64, max_bytes: usize) -> Option<Bytes> {
-        if self.cache.front()?.base_offset > from {
-            return None;
-        }
-        let first = self.cache.partition_point(|batch| batch.last_offset < from);
-        let mut parts: Vec<&Bytes> = Vec::new();
-        let mut total = 0usize;
-        for batch in self.cache.range(first..) {
-            let fits = parts.is_empty() || total + batch.bytes.len() <= max_bytes;
-            if batch.base_offset >= self.high_watermark || !fits {
-                break;
-            }
-            total += batch.bytes.len();
-            parts.push(&batch.bytes);
-        }
-        match parts.as_slice() {
-            [] => None,
-            [only] => Some((*only).clone()),
-            many => {
-                let mut joined = BytesMut::with_capacity(total);
-                many.iter().for_each(|part| joined.extend_from_slice(part));
-                Some(joined.freeze())
-            }
-        }
-    }
+    };
 }
 
 impl PartitionLog {
-    /// Opens (creating `dir` if missing) and recovers the log, then starts its writer task.
-    /// Must run inside a glommio executor. Call `close` before dropping: the writer task holds
-    /// an `Rc` of the log until then.
+    /// Opens the log with the engine `config.engine` names. The file engine creates `dir`,
+    /// recovers it and starts its writer task (call `close` before dropping); the memory engine
+    /// starts empty and never touches `dir`. Must run inside a glommio executor.
     pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
         let config = config.normalized();
-        std::fs::create_dir_all(&dir)?;
-        let recovered = recover_log(&dir, &config).await?;
-        let mut state = LogState::from_recovered(config, recovered);
-        state.writer_running = true;
-        let log = Rc::new(PartitionLog {
-            dir,
-            state: RefCell::new(state),
-            io_lock: Semaphore::new(1),
-            written_waiters: WaiterList::default(),
-            durable_waiters: WaiterList::default(),
-            writer_waiters: WaiterList::default(),
-            writer_stopped: WaiterList::default(),
-        });
-        glommio::spawn_local(PartitionLog::run_writer(log.clone())).detach();
-        Ok(log)
+        let engine = match config.engine {
+            StorageEngine::File => Engine::File(FileLog::open(dir, config).await?),
+            StorageEngine::Memory => Engine::Memory(Box::new(MemoryLog::new(dir, config))),
+        };
+        Ok(Rc::new(PartitionLog { engine }))
+    }
+
+    /// The engine this log runs on (fixed at open).
+    pub fn engine(&self) -> StorageEngine {
+        match self.engine {
+            Engine::File(_) => StorageEngine::File,
+            Engine::Memory(_) => StorageEngine::Memory,
+        }
+    }
+
+    /// Test-only crash: a file log stops writing and drops its files as kill -9 would; a
+    /// memory log just closes.
+    #[cfg(test)]
+    pub(crate) async fn crash(&self) {
+        match &self.engine {
+            Engine::File(log) => log.abandon(),
+            Engine::Memory(log) => log.close().await.expect("close memory log"),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn file_engine(&self) -> &FileLog {
+        match &self.engine {
+            Engine::File(log) => log,
+            Engine::Memory(_) => panic!("not a file log"),
+        }
     }
 
     /// Synchronous, in memory: `records` holds batches already checked by `validate_batches`
     /// (their headers passed in, same order). Assigns offsets in place, checks idempotent
-    /// sequences, rolls the segment if needed and queues the bytes for the writer. Errors leave
-    /// the log unchanged. `Backpressure` when more than `PENDING_BYTES_MAX` wait for the disk.
+    /// sequences and queues or stores the bytes. Errors leave the log unchanged.
+    /// `Backpressure` when too much waits for the disk; `NoSpace` while the disk is full.
     pub fn append(
         &self,
-        mut records: BytesMut,
+        records: BytesMut,
         headers: &[BatchHeader],
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendOutcome, StorageError> {
-        let mut state = self.state.borrow_mut();
-        let offsets = state.check_append(&records, headers)?;
-        if let SequenceCheck::Duplicate {
-            base_offset,
-            last_offset,
-        } = state.producers.check_append(headers)?
-        {
-            return Ok(AppendOutcome::Duplicate {
-                base_offset: Offset(base_offset),
-                last_offset: Offset(last_offset),
-            });
-        }
-        let base_offset = state.next_offset;
-        let last_offset = base_offset + offsets - 1;
-        state.roll_if_needed(records.len() as u64, last_offset, now_ms);
-        let mut position = 0usize;
-        let mut offset = base_offset;
-        for header in headers {
-            assign_offset(&mut records[position..], offset, leader_epoch);
-            position += header.total_size_bytes();
-            offset += i64::from(header.last_offset_delta) + 1;
-        }
-        state.apply_append(records.freeze(), headers, now_ms);
-        assert_eq!(state.next_offset, last_offset + 1);
-        drop(state);
-        self.writer_waiters.wake_all();
-        Ok(AppendOutcome::Appended {
-            base_offset: Offset(base_offset),
-            last_offset: Offset(last_offset),
-        })
+        dispatch!(self, log => log.append(records, headers, leader_epoch, now_ms))
     }
 
-    /// Exclusive end offset for waiting on `last`, clamped to what was appended.
-    fn wait_target(&self, last: Offset) -> Result<(i64, u64), StorageError> {
-        let state = self.state.borrow();
-        if let Some(error) = state.failure_error() {
-            return Err(error);
-        }
-        Ok((
-            last.0.saturating_add(1).min(state.next_offset),
-            state.truncations,
-        ))
-    }
-
-    /// Outcome of a wait on `target` that started at truncation count `truncations`.
-    fn wait_result(&self, reached: i64, target: i64, truncations: u64) -> Result<(), StorageError> {
-        let state = self.state.borrow();
-        if let Some(error) = state.failure_error() {
-            return Err(error);
-        }
-        if state.truncations != truncations {
-            return Err(StorageError::OffsetOutOfRange {
-                requested: target - 1,
-                log_start: state.log_start(),
-                log_end: state.next_offset,
-            });
-        }
-        if reached >= target {
-            return Ok(());
-        }
-        Err(StorageError::Closed)
-    }
-
-    /// Resolves once every byte up to and including `last` was written to its segment file.
+    /// Resolves once every byte up to and including `last` is readable (written to its
+    /// segment file, or stored in memory). `NoSpace` if the disk filled up before.
     pub async fn wait_written(&self, last: Offset) -> Result<(), StorageError> {
-        let (target, truncations) = self.wait_target(last)?;
-        self.written_waiters
-            .wait_until(|| {
-                let state = self.state.borrow();
-                state.high_watermark >= target || state.stop_waiting(truncations)
-            })
-            .await;
-        let reached = self.state.borrow().high_watermark;
-        self.wait_result(reached, target, truncations)
+        dispatch!(self, log => log.wait_written(last).await)
     }
 
-    /// Resolves once an fdatasync that started after `last` was written has completed.
+    /// Resolves once `last` is durable under the topic's policy: by default after an
+    /// fdatasync that started after it was written (group commit); with `flush.messages` > 1
+    /// and `flush.ms` > 0, once written (the writer syncs by those triggers); for the memory
+    /// engine, at once.
     pub async fn wait_durable(&self, last: Offset) -> Result<(), StorageError> {
-        let (target, truncations) = self.wait_target(last)?;
-        {
-            let mut state = self.state.borrow_mut();
-            state.sync_wanted = state.sync_wanted.max(target);
-        }
-        self.writer_waiters.wake_all();
-        self.durable_waiters
-            .wait_until(|| {
-                let state = self.state.borrow();
-                state.durable_offset >= target || state.stop_waiting(truncations)
-            })
-            .await;
-        let reached = self.state.borrow().durable_offset;
-        self.wait_result(reached, target, truncations)
+        dispatch!(self, log => log.wait_durable(last).await)
     }
 
     pub fn log_start_offset(&self) -> Offset {
-        Offset(self.state.borrow().log_start())
+        dispatch!(self, log => log.log_start_offset())
     }
 
     /// The next offset to assign.
     pub fn log_end_offset(&self) -> Offset {
-        Offset(self.state.borrow().next_offset)
+        dispatch!(self, log => log.log_end_offset())
     }
 
-    /// End of what readers may see: everything written (pwrite done) so far.
+    /// End of what readers may see.
     pub fn high_watermark(&self) -> Offset {
-        Offset(self.state.borrow().high_watermark)
+        dispatch!(self, log => log.high_watermark())
+    }
+
+    /// Whole batches starting with the one containing `from`, up to `max_bytes` but at least
+    /// one batch; empty at the high watermark. Bytes are exactly as stored.
+    pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, StorageError> {
+        dispatch!(self, log => log.read(from, max_bytes).await)
     }
 
     /// Resolves when `high_watermark() > from` (or the log closes or fails). Dropping the
     /// future (a timed-out long poll) frees its waiter slot.
     pub async fn wait_for_data(&self, from: Offset) {
-        self.written_waiters
-            .wait_until(|| {
-                let state = self.state.borrow();
-                state.high_watermark > from.0
-                    || state.lifecycle == Lifecycle::Closed
-                    || state.failure.is_some()
-            })
-            .await;
+        dispatch!(self, log => log.wait_for_data(from).await)
     }
 
-    pub fn max_timestamp(&self) -> Option<(Offset, i64)> {
-        self.state
-            .borrow()
-            .max_timestamp
-            .map(|(offset, timestamp)| (Offset(offset), timestamp))
-    }
-
-    pub fn set_config(&self, config: LogConfig) {
-        let config = config.normalized();
-        let mut state = self.state.borrow_mut();
-        for segment in &mut state.segments {
-            segment
-                .index
-                .set_interval_bytes(config.index_interval_bytes);
-        }
-        state.config = config;
-    }
-
-    pub fn config(&self) -> LogConfig {
-        self.state.borrow().config.clone()
-    }
-
-    /// Bytes of all segments, appended-but-unwritten bytes included.
-    pub fn size_bytes(&self) -> u64 {
-        self.state
-            .borrow()
-            .segments
-            .iter()
-            .map(|s| s.size_bytes)
-            .sum()
-    }
-
-    /// Writes and fdatasyncs everything appended so far.
-    pub async fn flush(&self) -> Result<(), StorageError> {
-        let end = self.state.borrow().next_offset;
-        if end == 0 {
-            return Ok(());
-        }
-        self.wait_durable(Offset(end - 1)).await
-    }
-}
-
-impl LogState {
-    /// Waiters give up on failure, close, or a truncation since they started.
-    fn stop_waiting(&self, truncations: u64) -> bool {
-        self.failure.is_some()
-            || self.lifecycle == Lifecycle::Closed
-            || self.truncations != truncations
-    }
-}
-
-/// Where a disk read for one offset goes.
-struct ReadPlan {
-    file: Rc<glommio::io::DmaFile>,
-    start: u64,
-    end: u64,
-}
-
-impl LogState {
-    fn check_readable(&self, from: i64) -> Result<(), StorageError> {
-        match self.lifecycle {
-            Lifecycle::Closed => return Err(StorageError::Closed),
-            Lifecycle::Truncating => return Err(StorageError::TruncateInProgress),
-            Lifecycle::Open | Lifecycle::Closing => {}
-        }
-        if from < self.log_start() || from > self.high_watermark {
-            return Err(StorageError::OffsetOutOfRange {
-                requested: from,
-                log_start: self.log_start(),
-                log_end: self.high_watermark,
-            });
-        }
-        Ok(())
-    }
-
-    /// The first written segment that holds offsets at or after `from`.
-    fn plan_read(&self, from: i64) -> Option<ReadPlan> {
-        let first = self
-            .segments
-            .partition_point(|s| s.base_offset <= from)
-            .saturating_sub(1);
-        let segment = self.segments[first..]
-            .iter()
-            .find(|s| s.next_offset > from)?;
-        let files = segment.files.as_ref()?;
-        Some(ReadPlan {
-            file: files.log.file(),
-            start: segment.position_for(from),
-            end: files.log.size_bytes(),
-        })
-    }
-}
-
-impl PartitionLog {
-    /// Whole batches starting with the one containing `from`, up to `max_bytes` but at least
-    /// one batch; empty at the high watermark. Recent batches come from the in-memory cache,
-    /// older ones from a direct-IO read. Bytes are exactly as stored.
-    pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, StorageError> {
-        let (plan, high_watermark) = {
-            let state = self.state.borrow();
-            state.check_readable(from.0)?;
-            if from.0 == state.high_watermark {
-                return Ok(Bytes::new());
-            }
-            if let Some(bytes) = state.cache_read(from.0, max_bytes) {
-                return Ok(bytes);
-            }
-            (state.plan_read(from.0), state.high_watermark)
-        };
-        let Some(plan) = plan else {
-            return Ok(Bytes::new());
-        };
-        read_batches(
-            plan.file,
-            plan.start,
-            plan.end,
-            from.0,
-            max_bytes,
-            high_watermark,
-        )
-        .await
-    }
-
-    /// First written batch whose max_timestamp >= `ts_ms`: (its base offset, its max_timestamp).
+    /// First readable batch whose max_timestamp >= `ts_ms`: (its base offset, its
+    /// max_timestamp).
     pub async fn offset_for_timestamp(
         &self,
         ts_ms: i64,
     ) -> Result<Option<(Offset, i64)>, StorageError> {
-        let (plans, high_watermark) = {
-            let state = self.state.borrow();
-            state.check_readable(state.log_start())?;
-            let plans: Vec<ReadPlan> = state
-                .segments
-                .iter()
-                .filter(|s| s.max_timestamp >= ts_ms)
-                .filter_map(|s| {
-                    let files = s.files.as_ref()?;
-                    Some(ReadPlan {
-                        file: files.log.file(),
-                        start: u64::from(s.index.timestamp_floor_position(ts_ms)),
-                        end: files.log.size_bytes(),
-                    })
-                })
-                .collect();
-            (plans, state.high_watermark)
-        };
-        for plan in plans {
-            let mut scanner = BatchScanner::new(plan.file, plan.start, plan.end);
-            loop {
-                match scanner.next(None, false).await? {
-                    ScanStep::Batch { header, .. } if header.base_offset >= high_watermark => {
-                        return Ok(None)
-                    }
-                    ScanStep::Batch { header, .. } if header.max_timestamp >= ts_ms => {
-                        return Ok(Some((Offset(header.base_offset), header.max_timestamp)))
-                    }
-                    ScanStep::Batch { .. } => {}
-                    // A batch cut by the end of what is written yet is not visible either.
-                    ScanStep::End | ScanStep::Invalid { .. } => break,
-                }
-            }
-        }
-        Ok(None)
+        dispatch!(self, log => log.offset_for_timestamp(ts_ms).await)
     }
-}
 
-impl LogState {
-    /// How many leading closed, fully written segments retention deletes.
-    fn expired_prefix(&self, now_ms: i64) -> usize {
-        let retention_ms = self.config.retention_ms;
-        let retention_bytes = self.config.retention_bytes;
-        let mut total: u64 = self.segments.iter().map(|s| s.size_bytes).sum();
-        let mut count = 0;
-        let closed = &self.segments[..self.segments.len() - 1];
-        for segment in closed {
-            if segment.next_offset > self.high_watermark {
-                break;
-            }
-            let by_time =
-                retention_ms >= 0 && now_ms.saturating_sub(segment.max_timestamp) > retention_ms;
-            let by_size =
-                retention_bytes >= 0 && total - segment.size_bytes >= retention_bytes as u64;
-            if !by_time && !by_size {
-                break;
-            }
-            total -= segment.size_bytes;
-            count += 1;
-        }
-        count
-    }
-}
-
-impl PartitionLog {
-    /// Deletes whole closed segments older than `retention_ms` (by their largest timestamp) or
-    /// beyond `retention_bytes`, oldest first, and advances the log start.
-    pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
-        let removed: Vec<Segment> = {
-            let mut state = self.state.borrow_mut();
-            state.ensure_open()?;
-            let count = state.expired_prefix(now_ms);
-            let removed = state.segments.drain(..count).collect();
-            let log_start = state.log_start();
-            state.cache_drop_before(log_start);
-            removed
-        };
-        if removed.is_empty() {
-            return Ok(());
-        }
-        let _permit = self.io_lock.acquire_permit(1).await?;
-        for segment in removed {
-            tracing::info!(dir = %self.dir.display(), base_offset = segment.base_offset, bytes = segment.size_bytes, "retention deletes segment");
-            if let Some(files) = segment.files {
-                files.remove().await?;
-            }
-        }
-        Ok(())
+    pub fn max_timestamp(&self) -> Option<(Offset, i64)> {
+        dispatch!(self, log => log.max_timestamp())
     }
 
     /// Removes every batch with offset >= `to` (rounded down to the base offset of the batch
     /// containing it). Appends are refused while it runs.
     pub async fn truncate(&self, to: Offset) -> Result<(), StorageError> {
-        {
-            let mut state = self.state.borrow_mut();
-            state.ensure_open()?;
-            if to.0 >= state.next_offset {
-                return Ok(());
-            }
-            if to.0 < state.log_start() {
-                return Err(StorageError::OffsetOutOfRange {
-                    requested: to.0,
-                    log_start: state.log_start(),
-                    log_end: state.next_offset,
-                });
-            }
-            state.lifecycle = Lifecycle::Truncating;
-        }
-        let result = self.truncate_files(to.0).await;
-        {
-            let mut state = self.state.borrow_mut();
-            if state.lifecycle == Lifecycle::Truncating {
-                state.lifecycle = Lifecycle::Open;
-            }
-            state.truncations += 1;
-        }
-        self.wake_everyone();
-        result
+        dispatch!(self, log => log.truncate(to).await)
     }
 
-    pub(crate) fn wake_everyone(&self) {
-        self.written_waiters.wake_all();
-        self.durable_waiters.wake_all();
-        self.writer_waiters.wake_all();
-        self.writer_stopped.wake_all();
+    /// Makes everything appended so far durable (an fdatasync whatever the flush policy).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        dispatch!(self, log => log.flush().await)
     }
 
-    /// Waits for the writer to drain, cuts the files on disk, then re-runs recovery so every
-    /// in-memory structure (indexes, producer state, timestamps) matches the cut log.
-    async fn truncate_files(&self, to: i64) -> Result<(), StorageError> {
-        let end = self.state.borrow().next_offset;
-        self.written_waiters
-            .wait_until(|| {
-                let state = self.state.borrow();
-                state.high_watermark >= end || state.failure.is_some()
-            })
-            .await;
-        if let Some(error) = self.state.borrow().failure_error() {
-            return Err(error);
+    /// Flushes and closes; later appends and reads get `Closed`.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        dispatch!(self, log => log.close().await)
+    }
+
+    /// Drops what `retention.ms` / `retention.bytes` expire and advances the log start.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
+        dispatch!(self, log => log.enforce_retention(now_ms).await)
+    }
+
+    /// Applies new settings; an `engine` change is kept in the config but only takes effect
+    /// for a log opened afterwards.
+    pub fn set_config(&self, config: LogConfig) {
+        let config = config.normalized();
+        if config.engine != self.engine() {
+            tracing::warn!(
+                running = self.engine().name(),
+                configured = config.engine.name(),
+                "storage.engine changes apply only to partitions opened afterwards"
+            );
         }
-        let _permit = self.io_lock.acquire_permit(1).await?;
-        // Recovery will call everything it finds durable, so make that true first.
-        let unsynced: Vec<_> = {
-            let state = self.state.borrow();
-            let bases = state.unsynced_segments.iter();
-            bases
-                .filter_map(|base| state.segment(*base).and_then(|s| s.files.clone()))
-                .collect()
-        };
-        for files in unsynced {
-            files.log.sync().await?;
-        }
-        let (target, later) = {
-            let state = self.state.borrow();
-            let index = state
-                .segments
-                .partition_point(|s| s.base_offset <= to)
-                .saturating_sub(1);
-            let target = &state.segments[index];
-            let later: Vec<_> = state.segments[index + 1..]
-                .iter()
-                .filter_map(|s| s.files.clone())
-                .collect();
-            (
-                target
-                    .files
-                    .clone()
-                    .map(|files| (files, target.position_for(to))),
-                later,
-            )
-        };
-        for files in later {
-            files.remove().await?;
-        }
-        if let Some((files, start)) = target {
-            let mut scanner = BatchScanner::new(files.log.file(), start, files.log.size_bytes());
-            if let Some((position, _)) = scanner.seek(to).await? {
-                files.log.truncate(position).await?;
-                files.log.sync().await?;
-            }
-        }
-        let config = self.state.borrow().config.clone();
-        let recovered = recover_log(&self.dir, &config).await?;
-        let mut state = self.state.borrow_mut();
-        let mut fresh = LogState::from_recovered(config, recovered);
-        fresh.lifecycle = state.lifecycle;
-        fresh.writer_running = state.writer_running;
-        fresh.truncations = state.truncations;
-        *state = fresh;
-        tracing::info!(dir = %self.dir.display(), to, end = state.next_offset, "truncated log");
-        Ok(())
+        dispatch!(self, log => log.set_config(config))
+    }
+
+    pub fn config(&self) -> LogConfig {
+        dispatch!(self, log => log.config())
+    }
+
+    /// Bytes stored (appended-but-unwritten bytes included).
+    pub fn size_bytes(&self) -> u64 {
+        dispatch!(self, log => log.size_bytes())
+    }
+
+    pub fn stats(&self) -> LogStats {
+        dispatch!(self, log => log.stats())
     }
 }

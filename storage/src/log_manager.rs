@@ -1,11 +1,12 @@
-//! All partition logs of one shard: open (idempotent), lookup, remove, close, retention.
+//! All partition logs of one shard, whatever their engine: open (idempotent), lookup, remove,
+//! close, retention, stats.
 //!
 //! Concurrency contract: one `LogManager` per shard, single-threaded. Opens are serialised by
 //! `open_lock` so two tasks opening the same partition never recover the same directory
 //! twice; the map borrow is never held across an await.
 
 use crate::error::StorageError;
-use crate::log::{LogConfig, PartitionLog};
+use crate::log::{LogConfig, LogStats, PartitionLog};
 use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
@@ -146,5 +147,14 @@ impl LogManager {
 
     pub fn partition_count(&self) -> usize {
         self.logs.borrow().len()
+    }
+
+    /// Counters summed over every open log of this shard (for `/metrics`).
+    pub fn stats(&self) -> LogStats {
+        let mut total = LogStats::default();
+        for log in self.logs.borrow().values() {
+            total.add(&log.stats());
+        }
+        total
     }
 }

@@ -1,35 +1,49 @@
-//! The background writer of one partition log, and `close`.
+//! The background writer of one file-engine partition log, and `close`.
 //!
 //! One task per log loops: take every pending append, write them per segment with the
-//! segment appender (aligned direct IO, tail sector rewritten), persist new index entries,
-//! advance the high watermark and wake `wait_written` / `wait_for_data`; then, if any
-//! `wait_durable` or `flush` asked for it, fdatasync every segment written since the last sync
-//! and advance the durable offset to the high watermark as it was when the sync started.
-//! Appends that arrive while a write or fdatasync is in flight wait for the next round: one
-//! fdatasync covers every producer that appended before it started (group commit).
+//! segment appender (aligned direct IO, tail sector rewritten), advance the high watermark and
+//! wake `wait_written` / `wait_for_data`; persist index entries once `INDEX_PERSIST_ENTRIES`
+//! have accumulated (or the segment rolled); then fdatasync every segment written since the
+//! last sync if a `wait_durable` / `flush` asked for it or the topic's `flush.messages` /
+//! `flush.ms` trigger fired, and advance the durable offset to the high watermark as it was
+//! when the sync started. Appends that arrive while a write or fdatasync is in flight wait for
+//! the next round: one fdatasync covers every producer that appended before it started (group
+//! commit).
+//!
+//! ENOSPC / EDQUOT does not poison the log: the failed writes go back to the front of the
+//! queue (the file is cut back to where they start), appends and waiters beyond the high
+//! watermark get `NoSpace`, and the round is retried every `NO_SPACE_RETRY_MS`. Once a retry
+//! succeeds, appends are accepted again. At close on a still-full disk the unwritten (and so
+//! never acknowledged) appends are dropped.
 //!
 //! Concurrency contract: the writer holds `io_lock` for a whole round, so truncation,
 //! retention deletes and close never overlap a write; it never holds a state borrow across an
-//! await. An IO error poisons the log (`failure`): every waiter and later call gets it.
+//! await. Any other IO error poisons the log (`failure`): every waiter and later call gets it.
 
+use crate::constants::{INDEX_PERSIST_ENTRIES, NO_SPACE_RETRY_MS};
 use crate::error::StorageError;
-use crate::log::{Lifecycle, LogState, PartitionLog};
+use crate::file_log::{FileLog, Lifecycle, LogState, PendingWrite};
 use crate::segment::SegmentFiles;
 use bytes::Bytes;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Consecutive pending appends to one segment, written with one appender call.
 struct Run {
     segment_base: i64,
-    parts: Vec<Bytes>,
+    writes: Vec<PendingWrite>,
     bytes: u64,
+    batches: u64,
     end_offset: i64,
 }
 
 impl LogState {
-    fn writer_has_work(&self) -> bool {
-        !self.pending.is_empty()
-            || self.sync_wanted > self.durable_offset
+    fn writer_has_work(&self, now: Instant) -> bool {
+        let retry_due = self.no_space_retry_at.is_some_and(|at| now >= at);
+        (!self.pending.is_empty() && self.no_space_retry_at.is_none())
+            || retry_due
+            || self.sync_wanted.min(self.high_watermark) > self.durable_offset
+            || self.flush_due(now)
             || self.lifecycle == Lifecycle::Closing
             || self.failure.is_some()
     }
@@ -39,6 +53,32 @@ impl LogState {
         self.failure.is_some() || (self.lifecycle == Lifecycle::Closing && drained)
     }
 
+    /// The next instant a timer must wake the writer: an ENOSPC retry or a `flush.ms` sync.
+    fn writer_deadline(&self) -> Option<Instant> {
+        match (self.no_space_retry_at, self.flush_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn flush_deadline(&self) -> Option<Instant> {
+        if self.config.sync_every_record() || self.config.flush_ms == i64::MAX {
+            return None;
+        }
+        let flush_ms = u64::try_from(self.config.flush_ms).ok()?;
+        self.first_unsynced_at?
+            .checked_add(Duration::from_millis(flush_ms))
+    }
+
+    /// True when the `flush.messages` / `flush.ms` policy asks for an fdatasync now.
+    fn flush_due(&self, now: Instant) -> bool {
+        if self.config.sync_every_record() || self.high_watermark <= self.durable_offset {
+            return false;
+        }
+        let unsynced = self.high_watermark - self.durable_offset;
+        unsynced >= self.config.flush_messages || self.flush_deadline().is_some_and(|at| now >= at)
+    }
+
     fn take_runs(&mut self) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
         for write in self.pending.drain(..) {
@@ -46,18 +86,41 @@ impl LogState {
                 Some(run) if run.segment_base == write.segment_base => {
                     assert!(write.end_offset > run.end_offset);
                     run.bytes += write.bytes.len() as u64;
-                    run.parts.push(write.bytes);
+                    run.batches += write.batches;
                     run.end_offset = write.end_offset;
+                    run.writes.push(write);
                 }
                 _ => runs.push(Run {
                     segment_base: write.segment_base,
                     bytes: write.bytes.len() as u64,
-                    parts: vec![write.bytes],
+                    batches: write.batches,
                     end_offset: write.end_offset,
+                    writes: vec![write],
                 }),
             }
         }
         runs
+    }
+
+    /// Puts runs that were not written back at the front of the queue, in order.
+    fn requeue(&mut self, runs: Vec<Run>) {
+        for run in runs.into_iter().rev() {
+            for write in run.writes.into_iter().rev() {
+                self.pending.push_front(write);
+            }
+        }
+    }
+
+    /// A round failed with ENOSPC. While closing, the queue is dropped: nothing in it was
+    /// acknowledged, and waiting for space would hang the shutdown.
+    fn note_no_space(&mut self, now: Instant) {
+        self.stats.no_space_errors += 1;
+        self.no_space_retry_at = Some(now + Duration::from_millis(NO_SPACE_RETRY_MS));
+        if self.lifecycle == Lifecycle::Closing {
+            self.pending.clear();
+            self.pending_bytes = 0;
+            self.sync_wanted = self.sync_wanted.min(self.high_watermark);
+        }
     }
 }
 
@@ -68,50 +131,120 @@ fn sync_directory(dir: &std::path::Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-impl PartitionLog {
-    pub(crate) async fn run_writer(log: Rc<PartitionLog>) {
+impl FileLog {
+    pub(crate) async fn run_writer(log: Rc<FileLog>) {
         loop {
-            log.writer_waiters
-                .wait_until(|| log.state.borrow().writer_has_work())
-                .await;
+            log.wait_for_work().await;
             if log.state.borrow().writer_should_stop() {
                 break;
+            }
+            if !log.state.borrow().writer_has_work(Instant::now()) {
+                continue;
             }
             let Ok(permit) = log.io_lock.acquire_permit(1).await else {
                 break;
             };
             let result = log.write_round().await;
             drop(permit);
-            if let Err(error) = result {
-                tracing::error!(dir = %log.dir.display(), %error, "partition log writer failed");
-                log.state.borrow_mut().failure = Some(error.to_string());
-                break;
+            match result {
+                Ok(()) => {}
+                Err(StorageError::NoSpace) => {
+                    if log.state.borrow().no_space_retry_at.is_none() {
+                        tracing::warn!(dir = %log.dir.display(), "no space left: appends refused, retrying every {NO_SPACE_RETRY_MS} ms");
+                    }
+                    log.state.borrow_mut().note_no_space(Instant::now());
+                    log.wake_everyone();
+                }
+                Err(error) => {
+                    tracing::error!(dir = %log.dir.display(), %error, "partition log writer failed");
+                    log.state.borrow_mut().failure = Some(error.to_string());
+                    break;
+                }
             }
         }
         log.state.borrow_mut().writer_running = false;
         log.wake_everyone();
     }
 
+    /// Waits until there is work or a timer (ENOSPC retry, `flush.ms`) is due.
+    async fn wait_for_work(&self) {
+        let deadline = self.state.borrow().writer_deadline();
+        let has_work = self
+            .writer_waiters
+            .wait_until(|| self.state.borrow().writer_has_work(Instant::now()));
+        match deadline {
+            None => has_work.await,
+            Some(at) => {
+                let timer = glommio::timer::sleep(at.saturating_duration_since(Instant::now()));
+                futures_lite::future::or(has_work, timer).await;
+            }
+        }
+    }
+
     async fn write_round(&self) -> Result<(), StorageError> {
-        let runs = self.state.borrow_mut().take_runs();
-        for run in runs {
-            let files = self.segment_files(run.segment_base).await?;
-            files.log.append(&run.parts).await?;
-            self.persist_index(run.segment_base, &files).await?;
-            let mut guard = self.state.borrow_mut();
-            let state = &mut *guard;
-            assert!(run.end_offset > state.high_watermark);
-            state.high_watermark = run.end_offset;
-            state.pending_bytes -= run.bytes;
-            for list in [&mut state.unsynced_segments, &mut state.padded_segments] {
-                if list.last() != Some(&run.segment_base) {
-                    list.push(run.segment_base);
+        let (mut runs, retrying) = {
+            let mut state = self.state.borrow_mut();
+            let paused = state.lifecycle == Lifecycle::Open
+                && state
+                    .no_space_retry_at
+                    .is_some_and(|at| Instant::now() < at);
+            if paused {
+                (Vec::new(), false)
+            } else {
+                (state.take_runs(), state.no_space_retry_at.is_some())
+            }
+        };
+        let mut touched: Vec<(i64, SegmentFiles)> = Vec::new();
+        for index in 0..runs.len() {
+            match self.write_run(&runs[index]).await {
+                Ok(files) => touched.push((runs[index].segment_base, files)),
+                Err(error) => {
+                    let unwritten = runs.split_off(index);
+                    self.state.borrow_mut().requeue(unwritten);
+                    return Err(error);
                 }
             }
-            drop(guard);
-            self.written_waiters.wake_all();
         }
-        self.sync_if_wanted().await
+        if retrying {
+            self.state.borrow_mut().no_space_retry_at = None;
+            tracing::info!(dir = %self.dir.display(), "space available again: writes resumed");
+        }
+        for (base, files) in touched {
+            self.persist_index(base, &files).await?;
+        }
+        self.sync_if_due().await
+    }
+
+    /// Writes one run; on failure the file is cut back to where the run started, so a retry
+    /// rewrites it at the same position.
+    async fn write_run(&self, run: &Run) -> Result<SegmentFiles, StorageError> {
+        let files = self.segment_files(run.segment_base).await?;
+        let start = files.log.size_bytes();
+        let parts: Vec<Bytes> = run.writes.iter().map(|w| w.bytes.clone()).collect();
+        if let Err(error) = files.log.append(&parts).await {
+            if files.log.size_bytes() != start {
+                files.log.truncate(start).await?;
+            }
+            return Err(error);
+        }
+        assert_eq!(files.log.size_bytes(), start + run.bytes);
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        assert!(run.end_offset > state.high_watermark);
+        if state.high_watermark == state.durable_offset {
+            state.first_unsynced_at = Some(Instant::now());
+        }
+        state.high_watermark = run.end_offset;
+        state.pending_bytes -= run.bytes;
+        state.written_batches += run.batches;
+        for list in [&mut state.unsynced_segments, &mut state.padded_segments] {
+            if list.last() != Some(&run.segment_base) {
+                list.push(run.segment_base);
+            }
+        }
+        drop(guard);
+        self.written_waiters.wake_all();
+        Ok(files)
     }
 
     /// The files of a segment, created on its first write.
@@ -137,7 +270,8 @@ impl PartitionLog {
         Ok(files)
     }
 
-    /// Appends the index entries added since the last round to the index files.
+    /// Appends the index entries added since they were last persisted to the index files,
+    /// once `INDEX_PERSIST_ENTRIES` accumulated or the segment is no longer the active one.
     async fn persist_index(
         &self,
         base_offset: i64,
@@ -145,14 +279,17 @@ impl PartitionLog {
     ) -> Result<(), StorageError> {
         let (offsets, times, count) = {
             let state = self.state.borrow();
-            let segment = state
-                .segment(base_offset)
-                .expect("segment outlives its writes");
+            let Some(segment) = state.segment(base_offset) else {
+                return Ok(());
+            };
+            let rolled = state.segments.last().map(|s| s.base_offset) != Some(base_offset);
+            let unpersisted = segment.index.unpersisted_count();
+            let closing = state.lifecycle != Lifecycle::Open;
+            if unpersisted == 0 || (unpersisted < INDEX_PERSIST_ENTRIES && !rolled && !closing) {
+                return Ok(());
+            }
             segment.index.encode_unpersisted()
         };
-        if offsets.is_empty() {
-            return Ok(());
-        }
         files.offset_index.append(&[Bytes::from(offsets)]).await?;
         files.time_index.append(&[Bytes::from(times)]).await?;
         let mut state = self.state.borrow_mut();
@@ -163,10 +300,12 @@ impl PartitionLog {
     }
 
     /// Group commit: one fdatasync per written segment covers everything written so far.
-    async fn sync_if_wanted(&self) -> Result<(), StorageError> {
-        let (target, files) = {
+    /// Runs when a waiter asked for it, or when the topic's flush policy says it is time.
+    async fn sync_if_due(&self) -> Result<(), StorageError> {
+        let (target, batches, files) = {
             let mut state = self.state.borrow_mut();
-            if state.sync_wanted <= state.durable_offset {
+            let wanted = state.sync_wanted.min(state.high_watermark) > state.durable_offset;
+            if !wanted && !state.flush_due(Instant::now()) {
                 return Ok(());
             }
             let bases = std::mem::take(&mut state.unsynced_segments);
@@ -174,21 +313,26 @@ impl PartitionLog {
                 .iter()
                 .filter_map(|base| state.segment(*base).and_then(|s| s.files.clone()))
                 .collect();
-            (state.high_watermark, files)
+            state.first_unsynced_at = None;
+            (state.high_watermark, state.written_batches, files)
         };
+        let synced_files = files.len() as u64;
         for segment_files in files {
             segment_files.log.sync().await?;
         }
         let mut state = self.state.borrow_mut();
         assert!(target >= state.durable_offset);
         state.durable_offset = target;
+        state.stats.fsyncs += synced_files;
+        state.stats.fsynced_batches += batches - state.synced_batches;
+        state.synced_batches = batches;
         drop(state);
         self.durable_waiters.wake_all();
         Ok(())
     }
 
-    /// Flushes everything, cuts the padding of every file written since open, closes the
-    /// files. Later appends and reads get `Closed`.
+    /// Flushes everything, persists the remaining index entries, cuts the padding of every
+    /// file written since open, closes the files. Later appends and reads get `Closed`.
     pub async fn close(&self) -> Result<(), StorageError> {
         {
             let mut state = self.state.borrow_mut();
@@ -208,17 +352,24 @@ impl PartitionLog {
         if self.state.borrow().lifecycle == Lifecycle::Closed {
             return Ok(());
         }
-        let padded: Vec<SegmentFiles> = {
+        let padded: Vec<(i64, SegmentFiles)> = {
             let state = self.state.borrow();
             state
                 .padded_segments
                 .iter()
-                .filter_map(|base| state.segment(*base).and_then(|s| s.files.clone()))
+                .filter_map(|base| {
+                    let files = state.segment(*base).and_then(|s| s.files.clone())?;
+                    Some((*base, files))
+                })
                 .collect()
         };
         let mut result = Ok(());
-        for files in padded {
-            if let Err(error) = files.finish().await {
+        for (base, files) in padded {
+            let finished = match self.persist_index(base, &files).await {
+                Ok(()) => files.finish().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = finished {
                 result = Err(error);
             }
         }

@@ -144,6 +144,8 @@ impl SegmentAppender {
             (buffer, align_down(size), content, new_tail, take)
         };
         let buffer_len = buffer.len();
+        #[cfg(test)]
+        fault_injection::maybe_fail_write()?;
         assert!(!self.write_in_flight.replace(true), "two writes in flight");
         let result = self.file.write_at(buffer, position).await;
         self.write_in_flight.set(false);
@@ -191,5 +193,31 @@ impl SegmentAppender {
     pub(crate) async fn remove(&self) -> Result<(), StorageError> {
         self.file.remove().await?;
         Ok(())
+    }
+}
+
+/// Test-only disk faults: the next N data writes of this thread fail with ENOSPC, as a full
+/// filesystem would fail them (each test runs its own executor thread).
+#[cfg(test)]
+pub(crate) mod fault_injection {
+    use crate::error::StorageError;
+    use std::cell::Cell;
+
+    thread_local! {
+        static NO_SPACE_WRITES: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn fail_next_writes_with_no_space(count: u64) {
+        NO_SPACE_WRITES.with(|left| left.set(count));
+    }
+
+    pub(crate) fn maybe_fail_write() -> Result<(), StorageError> {
+        NO_SPACE_WRITES.with(|left| match left.get() {
+            0 => Ok(()),
+            n => {
+                left.set(n - 1);
+                Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into())
+            }
+        })
     }
 }

@@ -95,6 +95,10 @@ impl SegmentIndex {
         self.entries_persisted = count;
     }
 
+    pub(crate) fn unpersisted_count(&self) -> usize {
+        self.entries.len() - self.entries_persisted
+    }
+
     pub(crate) fn persisted_count(&self) -> usize {
         self.entries_persisted
     }

@@ -1,5 +1,6 @@
 //! Reads batches out of a segment's log file with direct IO: a scanner that walks batch
-//! headers (optionally checking CRCs) through a bounded read window, and the fetch read.
+//! headers (optionally checking CRCs) through a bounded read window, and the fetch read,
+//! which checks the CRC of every batch it returns.
 //!
 //! Concurrency contract: single-threaded; a scanner owns its window and an `Rc` of the file,
 //! so it never borrows log state across an await. Reads only cover `[start, end)` given by the
@@ -158,12 +159,23 @@ pub(crate) async fn read_batches(
             "short read at position {first_position}"
         )));
     }
+    // Every batch served from disk has its CRC checked (hardware CRC32C costs far less than
+    // the read): recovery only scans the tail segments, so bit rot in an older one shows up
+    // here. A bad first batch is an error; a bad later one ends the read before it.
     let mut taken = 0usize;
-    while let ScanStep::Batch { header, .. } = scanner.next(None, false).await? {
-        if header.base_offset >= high_watermark {
-            break;
+    loop {
+        match scanner.next(None, true).await? {
+            ScanStep::Batch { header, .. } if header.base_offset < high_watermark => {
+                taken += header.total_size_bytes();
+            }
+            ScanStep::Invalid { position, reason } if taken == 0 => {
+                tracing::error!(position, %reason, "refusing to serve a corrupt batch");
+                return Err(StorageError::Corrupt(format!(
+                    "batch at position {position}: {reason}"
+                )));
+            }
+            ScanStep::Batch { .. } | ScanStep::End | ScanStep::Invalid { .. } => break,
         }
-        taken += header.total_size_bytes();
     }
     assert!(taken >= first.total_size_bytes());
     Ok(Bytes::copy_from_slice(scanner.bytes(first_position, taken)))

@@ -3,7 +3,7 @@
 
 use crate::{
     probe_direct_io, validate_batches, AppendOutcome, BatchError, LogConfig, LogManager, Offset,
-    PartitionLog, StorageError,
+    PartitionLog, StorageEngine, StorageError,
 };
 use bytes::{Bytes, BytesMut};
 use glommio::LocalExecutorBuilder;
@@ -113,10 +113,25 @@ fn appended(outcome: AppendOutcome) -> (i64, i64) {
     }
 }
 
-fn test_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/tmp-storage-tests")
-        .join(format!("{name}-{}", std::process::id()));
+/// Scratch directories on ext4 under `target/`, where direct IO is real.
+fn ext4_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp-storage-tests")
+}
+
+/// Scratch directories on tmpfs when the machine has one: fdatasync is free there (and
+/// O_DIRECT is dropped silently, our alignment still applies), so the 10,000-sequence file
+/// fuzzer tests the engine's logic in seconds; `op_fuzzer_file_on_ext4` covers real IO.
+fn tmpfs_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.join("rmq-storage-tests")
+    } else {
+        ext4_root()
+    }
+}
+
+fn test_dir(root: &Path, name: &str) -> PathBuf {
+    let dir = root.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test dir");
     dir
@@ -127,7 +142,15 @@ where
     F: FnOnce(PathBuf) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let dir = test_dir(name);
+    run_on(&ext4_root(), name, test);
+}
+
+fn run_on<F, Fut>(root: &Path, name: &str, test: F)
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let dir = test_dir(root, name);
     let cleanup = dir.clone();
     LocalExecutorBuilder::default()
         .spawn(move || async move {
@@ -517,7 +540,10 @@ fn missing_index_is_rebuilt() {
         std::fs::write(&indexes[1], [0xffu8; 5]).unwrap();
         let log = open(&dir, small_config()).await;
         assert_eq!(std::fs::metadata(&indexes[0]).unwrap().len(), original_len);
-        let entries = log.state.borrow().segments[0].index.entries().len();
+        let entries = log.file_engine().state.borrow().segments[0]
+            .index
+            .entries()
+            .len();
         assert_eq!(entries as u64 * 8, original_len);
         let middle = log.read(Offset(40), 1).await.unwrap();
         assert_eq!(
@@ -687,7 +713,7 @@ fn wait_durable_is_group_committed_by_one_fdatasync() {
         for wait in waits {
             wait.await.unwrap();
         }
-        assert_eq!(log.state.borrow().durable_offset, 40);
+        assert_eq!(log.file_engine().state.borrow().durable_offset, 40);
         assert_eq!(log.high_watermark(), Offset(40));
         log.flush().await.unwrap();
         log.close().await.unwrap();
@@ -745,7 +771,7 @@ fn wait_for_data_wakes_on_append_and_dropped_waiters_free_their_slot() {
             .await;
             assert!(timed_out.is_err());
         }
-        assert_eq!(log.written_waiters.live_count(), 0);
+        assert_eq!(log.file_engine().written_waiters.live_count(), 0);
         let waiter = {
             let log = log.clone();
             glommio::spawn_local(async move { log.wait_for_data(Offset(0)).await })
@@ -864,6 +890,10 @@ fn multi_batch_produce_assigns_consecutive_offsets() {
 struct Rng(u64);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1)
+    }
+
     fn below(&mut self, bound: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -875,11 +905,11 @@ impl Rng {
 /// The model: every stored batch as (base offset, last offset, stored bytes).
 type Model = Vec<(i64, i64, Vec<u8>)>;
 
-fn model_append(model: &mut Model, spec: BatchSpec, base: i64) {
+fn stored_bytes(spec: BatchSpec, base: i64) -> Vec<u8> {
     let mut stored = build_batch(spec);
     stored[0..8].copy_from_slice(&base.to_be_bytes());
     stored[12..16].copy_from_slice(&7i32.to_be_bytes());
-    model.push((base, base + i64::from(spec.records) - 1, stored));
+    stored
 }
 
 /// A read must return whole model batches from the one containing `from`, at least one,
@@ -900,73 +930,674 @@ fn check_read(model: &Model, from: i64, max_bytes: usize, bytes: &[u8]) {
     assert!(bytes.len() <= max_bytes.max(model[first].2.len()));
 }
 
-async fn fuzz_step(
-    rng: &mut Rng,
-    dir: &Path,
-    log: Rc<PartitionLog>,
-    model: &mut Model,
-) -> Rc<PartitionLog> {
-    match rng.below(100) {
-        0..=59 => {
-            let spec = BatchSpec {
-                records: 1 + rng.below(5) as i32,
-                value_bytes: 1 + rng.below(600) as usize,
-                ..BatchSpec::default()
-            };
-            let (base, _) = appended(append(&log, &[spec], 0).unwrap());
-            model_append(model, spec, base);
-        }
-        60..=74 => {
-            let end = log.log_end_offset().0;
-            log.wait_written(Offset(end - 1)).await.unwrap();
-            let from = rng.below(end as u64 + 1) as i64;
-            let max_bytes = 1 + rng.below(3000) as usize;
-            check_read(
-                model,
-                from,
-                max_bytes,
-                &log.read(Offset(from), max_bytes).await.unwrap(),
-            );
-        }
-        75..=84 => {
-            let to = rng.below(log.log_end_offset().0 as u64 + 1) as i64;
-            log.truncate(Offset(to)).await.unwrap();
-            model.retain(|(_, last, _)| *last < to);
-            let end = model.last().map_or(0, |(_, last, _)| last + 1);
-            assert_eq!(log.log_end_offset().0, end, "truncate to {to}");
-        }
-        85..=92 => {
-            log.close().await.unwrap();
-            return open(dir, small_config()).await;
-        }
-        _ => {
-            // A crash after the writes reached the files: no close, no padding cut.
-            log.wait_written(Offset(log.log_end_offset().0 - 1))
-                .await
-                .unwrap();
-            return open(dir, small_config()).await;
-        }
-    }
-    log
+/// Prints the engine and seed of a failing op sequence, with the command that replays it.
+struct SeedReporter {
+    engine: StorageEngine,
+    seed: u64,
 }
 
-#[test]
-fn random_appends_truncations_and_restarts_match_the_model() {
-    for seed in [1u64, 2, 3] {
-        run(&format!("fuzz_{seed}"), move |dir| async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
-            let mut model = Model::new();
-            let mut log = open(&dir, small_config()).await;
-            for _ in 0..300 {
-                log = fuzz_step(&mut rng, &dir, log, &mut model).await;
+impl Drop for SeedReporter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "op-fuzzer failed: engine={} seed={} (replay: RMQ_FUZZ_SEED={} cargo test -p \
+                 rmq-storage op_fuzzer_{})",
+                self.engine.name(),
+                self.seed,
+                self.seed,
+                self.engine.name()
+            );
+        }
+    }
+}
+
+/// One seeded op sequence against one engine and the model.
+struct FuzzRun {
+    rng: Rng,
+    dir: PathBuf,
+    config: LogConfig,
+    log: Rc<PartitionLog>,
+    model: Model,
+    /// An idempotent producer per epoch of the log (a new one after truncate or restart):
+    /// (producer id, next sequence, the last batch it wrote and its offsets).
+    producer_id: i64,
+    next_sequence: i32,
+    last_idempotent: Option<(BatchSpec, i64, i64)>,
+}
+
+impl FuzzRun {
+    fn random_spec(&mut self) -> BatchSpec {
+        BatchSpec {
+            records: 1 + self.rng.below(5) as i32,
+            value_bytes: 1 + self.rng.below(600) as usize,
+            timestamp_ms: 1_000 + self.rng.below(10_000) as i64,
+            ..BatchSpec::default()
+        }
+    }
+
+    fn forget_producer(&mut self) {
+        self.producer_id += 1;
+        self.next_sequence = 0;
+        self.last_idempotent = None;
+    }
+
+    /// Drops model batches the log no longer has (retention, memory bound) and checks the
+    /// log start sits on a batch boundary.
+    fn sync_log_start(&mut self) {
+        let start = self.log.log_start_offset().0;
+        self.model.retain(|(base, _, _)| *base >= start);
+        let end = self.log.log_end_offset().0;
+        let expected_start = self.model.first().map_or(end, |(base, _, _)| *base);
+        assert_eq!(start, expected_start, "log start is a batch boundary");
+        let model_end = self.model.last().map_or(start, |(_, last, _)| last + 1);
+        assert_eq!(end, model_end, "log end");
+    }
+
+    fn append_one(&mut self) {
+        let mut spec = self.random_spec();
+        let idempotent = self.rng.below(3) == 0;
+        if idempotent {
+            spec.producer_id = self.producer_id;
+            spec.producer_epoch = 0;
+            spec.base_sequence = self.next_sequence;
+        }
+        let (base, last) = appended(append(&self.log, &[spec], 0).unwrap());
+        assert_eq!(last - base + 1, i64::from(spec.records));
+        self.model.push((base, last, stored_bytes(spec, base)));
+        if idempotent {
+            self.next_sequence += spec.records;
+            self.last_idempotent = Some((spec, base, last));
+        }
+    }
+
+    fn retry_last_idempotent(&mut self) {
+        let Some((spec, base, last)) = self.last_idempotent else {
+            return self.append_one();
+        };
+        let outcome = append(&self.log, &[spec], 0).unwrap();
+        assert_eq!(
+            outcome,
+            AppendOutcome::Duplicate {
+                base_offset: Offset(base),
+                last_offset: Offset(last)
             }
-            log.flush().await.unwrap();
-            let expected: Vec<u8> = model
+        );
+    }
+
+    async fn read_random(&mut self) {
+        let end = self.log.log_end_offset().0;
+        if end > 0 {
+            self.log.wait_written(Offset(end - 1)).await.unwrap();
+        }
+        let start = self.log.log_start_offset().0;
+        let from = start + self.rng.below((end - start) as u64 + 1) as i64;
+        let max_bytes = 1 + self.rng.below(3000) as usize;
+        let bytes = self.log.read(Offset(from), max_bytes).await.unwrap();
+        check_read(&self.model, from, max_bytes, &bytes);
+        self.log.wait_durable(Offset(end - 1)).await.unwrap();
+    }
+
+    async fn truncate_random(&mut self) {
+        let start = self.log.log_start_offset().0;
+        let end = self.log.log_end_offset().0;
+        let to = start + self.rng.below((end - start) as u64 + 1) as i64;
+        self.log.truncate(Offset(to)).await.unwrap();
+        self.model.retain(|(_, last, _)| *last < to);
+        self.forget_producer();
+    }
+
+    async fn timestamp_lookup(&mut self) {
+        let end = self.log.log_end_offset().0;
+        if end > 0 {
+            self.log.wait_written(Offset(end - 1)).await.unwrap();
+        }
+        let ts = 1_000 + self.rng.below(11_000) as i64;
+        let expected = self
+            .model
+            .iter()
+            .find(|(_, _, stored)| {
+                let header = crate::BatchHeader::parse(stored).unwrap();
+                header.max_timestamp >= ts
+            })
+            .map(|(base, _, stored)| {
+                (
+                    Offset(*base),
+                    crate::BatchHeader::parse(stored).unwrap().max_timestamp,
+                )
+            });
+        assert_eq!(
+            self.log.offset_for_timestamp(ts).await.unwrap(),
+            expected,
+            "ts {ts}"
+        );
+    }
+
+    /// Restart (clean or crash): the file engine keeps everything written, the memory
+    /// engine comes back empty at offset 0.
+    async fn restart(&mut self, crash: bool) {
+        if crash {
+            let end = self.log.log_end_offset().0;
+            if end > 0 {
+                self.log.wait_written(Offset(end - 1)).await.unwrap();
+            }
+            self.log.crash().await;
+        } else {
+            self.log.close().await.unwrap();
+        }
+        self.log = open(&self.dir, self.config.clone()).await;
+        if self.config.engine == StorageEngine::Memory {
+            self.model.clear();
+            assert_eq!(self.log.log_end_offset(), Offset(0));
+        }
+        self.forget_producer();
+    }
+
+    async fn step(&mut self) {
+        match self.rng.below(100) {
+            0..=49 => self.append_one(),
+            50..=54 => self.retry_last_idempotent(),
+            55..=69 => self.read_random().await,
+            70..=74 => self.timestamp_lookup().await,
+            75..=81 => self.truncate_random().await,
+            82..=86 => self.log.enforce_retention(20_000).await.unwrap(),
+            87..=91 => self.restart(false).await,
+            92..=96 => self.restart(true).await,
+            _ => self.log.flush().await.unwrap(),
+        }
+        self.sync_log_start();
+    }
+}
+
+fn fuzz_config(engine: StorageEngine) -> LogConfig {
+    LogConfig {
+        engine,
+        retention_bytes: 40 * 1024,
+        retention_ms: -1,
+        ..small_config()
+    }
+}
+
+/// Runs this test's share of seeded op sequences of `ops` operations each: seeds
+/// `shard, shard + shards, ...` below `sequences` (RMQ_FUZZ_SEQUENCES overrides it for a
+/// longer run), or only RMQ_FUZZ_SEED to replay one. Shards run as parallel tests.
+fn op_fuzzer(root: &Path, engine: StorageEngine, sequences: u64, shard: u64, ops: usize) {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let shards = FUZZ_SHARDS;
+    let seeds: Vec<u64> = match env("RMQ_FUZZ_SEED") {
+        Some(seed) if seed % shards == shard => vec![seed],
+        Some(_) => Vec::new(),
+        None => (0..env("RMQ_FUZZ_SEQUENCES").unwrap_or(sequences))
+            .filter(|seed| seed % shards == shard)
+            .collect(),
+    };
+    let name = format!("op_fuzzer_{}_{shard}", engine.name());
+    run_on(root, &name, move |dir| async move {
+        let config = fuzz_config(engine);
+        for seed in seeds {
+            let _reporter = SeedReporter { engine, seed };
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut fuzz = FuzzRun {
+                rng: Rng::new(seed),
+                log: open(&dir, config.clone()).await,
+                dir: dir.clone(),
+                config: config.clone(),
+                model: Model::new(),
+                producer_id: 1,
+                next_sequence: 0,
+                last_idempotent: None,
+            };
+            for _ in 0..ops {
+                fuzz.step().await;
+            }
+            fuzz.log.flush().await.unwrap();
+            let start = fuzz.log.log_start_offset().0;
+            let expected: Vec<u8> = fuzz
+                .model
                 .iter()
                 .flat_map(|(_, _, stored)| stored.clone())
                 .collect();
-            assert_eq!(read_all(&log, 0).await, expected, "seed {seed}");
-            log.close().await.unwrap();
-        });
+            assert_eq!(read_all(&fuzz.log, start).await, expected);
+            fuzz.log.close().await.unwrap();
+        }
+    });
+}
+
+/// Parallel tests the fuzzer's sequences are spread over (their seeds modulo this).
+const FUZZ_SHARDS: u64 = 4;
+
+/// Seeded op sequences per engine in `cargo test`.
+const FUZZ_SEQUENCES: u64 = 10_000;
+
+#[test]
+fn op_fuzzer_file_0() {
+    op_fuzzer(&tmpfs_root(), StorageEngine::File, FUZZ_SEQUENCES, 0, 10);
+}
+
+#[test]
+fn op_fuzzer_file_1() {
+    op_fuzzer(&tmpfs_root(), StorageEngine::File, FUZZ_SEQUENCES, 1, 10);
+}
+
+#[test]
+fn op_fuzzer_file_2() {
+    op_fuzzer(&tmpfs_root(), StorageEngine::File, FUZZ_SEQUENCES, 2, 10);
+}
+
+#[test]
+fn op_fuzzer_file_3() {
+    op_fuzzer(&tmpfs_root(), StorageEngine::File, FUZZ_SEQUENCES, 3, 10);
+}
+
+/// Fewer, longer sequences on ext4, where direct IO and fdatasync are real.
+#[test]
+fn op_fuzzer_file_on_ext4() {
+    op_fuzzer(&ext4_root(), StorageEngine::File, 100 * FUZZ_SHARDS, 0, 40);
+}
+
+#[test]
+fn op_fuzzer_memory() {
+    for shard in 0..FUZZ_SHARDS {
+        op_fuzzer(
+            &tmpfs_root(),
+            StorageEngine::Memory,
+            FUZZ_SEQUENCES,
+            shard,
+            40,
+        );
     }
+}
+
+/// Runs the same test body against every engine, each in its own executor and directory.
+fn conformance<F, Fut>(name: &str, test: F)
+where
+    F: Fn(PathBuf, LogConfig) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    for engine in [StorageEngine::File, StorageEngine::Memory] {
+        let test = test.clone();
+        let config = LogConfig {
+            engine,
+            ..small_config()
+        };
+        run(
+            &format!("{name}_{}", engine.name()),
+            move |dir| async move {
+                let log = open(&dir, config.clone()).await;
+                assert_eq!(log.engine(), engine);
+                log.close().await.unwrap();
+                test(dir, config).await;
+            },
+        );
+    }
+}
+
+#[test]
+fn conformance_reads_return_whole_stored_batches_within_max_bytes() {
+    conformance("conf_reads", |dir, config| async move {
+        let log = open(&dir, config).await;
+        let spec = BatchSpec {
+            records: 2,
+            value_bytes: 100,
+            ..BatchSpec::default()
+        };
+        let size = build_batch(spec).len();
+        let mut expected = Vec::new();
+        for _ in 0..10 {
+            let (base, _) = appended(append(&log, &[spec], 0).unwrap());
+            expected.extend(stored_bytes(spec, base));
+        }
+        log.wait_durable(Offset(19)).await.unwrap();
+        assert_eq!(log.high_watermark(), Offset(20));
+        assert_eq!(read_all(&log, 0).await, expected);
+        assert_eq!(log.read(Offset(3), 1).await.unwrap().len(), size);
+        let three = log.read(Offset(3), size * 3 + 1).await.unwrap();
+        assert_eq!(three[..], expected[size..size * 4]);
+        assert!(log.read(Offset(20), 100).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(Offset(21), 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        log.close().await.unwrap();
+        assert!(matches!(
+            append(&log, &[spec], 0),
+            Err(StorageError::Closed)
+        ));
+    });
+}
+
+#[test]
+fn conformance_idempotent_producers_get_original_offsets_and_gaps_are_refused() {
+    conformance("conf_idempotent", |dir, config| async move {
+        let log = open(&dir, config).await;
+        let first = BatchSpec {
+            producer_id: 9,
+            producer_epoch: 0,
+            base_sequence: 0,
+            ..BatchSpec::default()
+        };
+        assert_eq!(appended(append(&log, &[first], 0).unwrap()), (0, 1));
+        assert_eq!(
+            append(&log, &[first], 0).unwrap(),
+            AppendOutcome::Duplicate {
+                base_offset: Offset(0),
+                last_offset: Offset(1)
+            }
+        );
+        let gap = BatchSpec {
+            base_sequence: 5,
+            ..first
+        };
+        assert!(matches!(
+            append(&log, &[gap], 0),
+            Err(StorageError::OutOfOrderSequence { expected: 2, .. })
+        ));
+        let two = BatchSpec {
+            records: 3,
+            ..BatchSpec::default()
+        };
+        assert_eq!(appended(append(&log, &[two, two], 0).unwrap()), (2, 7));
+        assert_eq!(log.log_end_offset(), Offset(8));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn conformance_timestamps_truncation_and_wakeups() {
+    conformance("conf_timestamps", |dir, config| async move {
+        let log = open(&dir, config).await;
+        for index in 0..50i64 {
+            let spec = BatchSpec {
+                records: 1,
+                timestamp_ms: 1_000 + index * 10,
+                ..BatchSpec::default()
+            };
+            append(&log, &[spec], 0).unwrap();
+        }
+        log.flush().await.unwrap();
+        assert_eq!(
+            log.offset_for_timestamp(1_105).await.unwrap(),
+            Some((Offset(11), 1_110))
+        );
+        assert_eq!(log.offset_for_timestamp(9_999).await.unwrap(), None);
+        assert_eq!(log.max_timestamp(), Some((Offset(49), 1_490)));
+        log.truncate(Offset(30)).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(30));
+        assert_eq!(log.max_timestamp(), Some((Offset(29), 1_290)));
+        assert!(matches!(
+            log.read(Offset(31), 10).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        let waiter = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.wait_for_data(Offset(30)).await })
+        };
+        assert_eq!(
+            appended(append(&log, &[BatchSpec::default()], 0).unwrap()),
+            (30, 31)
+        );
+        waiter.await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn memory_engine_drops_oldest_batches_past_its_byte_bound() {
+    run("memory_bound", |dir| async move {
+        let config = LogConfig {
+            engine: StorageEngine::Memory,
+            retention_bytes: 10_000,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, config.clone()).await;
+        let spec = BatchSpec {
+            records: 2,
+            value_bytes: 400,
+            ..BatchSpec::default()
+        };
+        let size = build_batch(spec).len() as u64;
+        for _ in 0..100 {
+            append(&log, &[spec], 0).unwrap();
+        }
+        assert!(log.size_bytes() <= 10_000 && log.size_bytes() + size > 10_000);
+        let start = log.log_start_offset().0;
+        assert_eq!(start, 200 - 2 * (log.size_bytes() / size) as i64);
+        assert!(matches!(
+            log.read(Offset(0), 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&log, start).await.len() as u64, log.size_bytes());
+        assert_eq!(log.stats().evicted_batches, (start / 2) as u64);
+        assert!(!dir.exists(), "a memory log never touches the disk");
+        log.close().await.unwrap();
+        let log = open(&dir, config).await;
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(0),
+            "memory topics restart empty"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn acks_all_waits_for_fdatasync_by_default_and_counts_batches_per_fsync() {
+    run("flush_default", |dir| async move {
+        let manager = LogManager::new(dir.clone());
+        let log = manager.open("t", 0, LogConfig::default()).await.unwrap();
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let (_, last) = appended(append(&log, &[BatchSpec::default()], 0).unwrap());
+            let log = log.clone();
+            waits.push(glommio::spawn_local(async move {
+                log.wait_durable(Offset(last)).await
+            }));
+        }
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        let stats = manager.stats();
+        assert_eq!(stats.appended_batches, 10);
+        assert_eq!(stats.fsynced_batches, 10, "every acked batch was fsynced");
+        assert!(stats.fsyncs >= 1 && stats.fsyncs <= 10, "{stats:?}");
+        manager.close_all().await.unwrap();
+    });
+}
+
+#[test]
+fn flush_messages_and_flush_ms_sync_in_the_background() {
+    run("flush_policy", |dir| async move {
+        let relaxed = LogConfig {
+            flush_messages: 6,
+            flush_ms: i64::MAX,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, relaxed.clone()).await;
+        append(&log, &[BatchSpec::default()], 0).unwrap();
+        log.wait_durable(Offset(1)).await.unwrap();
+        assert_eq!(log.stats().fsyncs, 0, "acks=all answered once written");
+        for _ in 0..2 {
+            append(&log, &[BatchSpec::default()], 0).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while log.stats().fsyncs == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "6 records trigger a sync"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        log.set_config(LogConfig {
+            flush_messages: i64::MAX,
+            flush_ms: 20,
+            ..relaxed
+        });
+        let synced = log.stats().fsynced_batches;
+        append(&log, &[BatchSpec::default()], 0).unwrap();
+        log.wait_durable(Offset(7)).await.unwrap();
+        while log.stats().fsynced_batches == synced {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flush.ms triggers a sync"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.stats().fsynced_batches, 4);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn disk_full_refuses_writes_keeps_reads_and_resumes_when_space_returns() {
+    use crate::segment_appender::fault_injection::fail_next_writes_with_no_space;
+    run("no_space", |dir| async move {
+        let log = open(&dir, LogConfig::default()).await;
+        append(&log, &[BatchSpec::default()], 0).unwrap();
+        log.wait_durable(Offset(1)).await.unwrap();
+        fail_next_writes_with_no_space(3);
+        let (_, last) = appended(append(&log, &[BatchSpec::default()], 0).unwrap());
+        assert!(matches!(
+            log.wait_durable(Offset(last)).await,
+            Err(StorageError::NoSpace)
+        ));
+        assert!(matches!(
+            append(&log, &[BatchSpec::default()], 0),
+            Err(StorageError::NoSpace)
+        ));
+        assert_eq!(
+            read_all(&log, 0).await.len(),
+            build_batch(BatchSpec::default()).len()
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let resumed = loop {
+            assert!(std::time::Instant::now() < deadline, "writes resume");
+            match append(&log, &[BatchSpec::default()], 0) {
+                Ok(outcome) => break appended(outcome),
+                Err(StorageError::NoSpace) => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(resumed, (4, 5), "the refused batch was written on retry");
+        log.wait_durable(Offset(5)).await.unwrap();
+        assert!(log.stats().no_space_errors >= 3);
+        assert_eq!(
+            validate_batches(&read_all(&log, 0).await, 1 << 20)
+                .unwrap()
+                .len(),
+            3
+        );
+        fail_next_writes_with_no_space(u64::MAX);
+        append(&log, &[BatchSpec::default()], 0).unwrap();
+        log.close().await.unwrap();
+        fail_next_writes_with_no_space(0);
+        let log = open(&dir, LogConfig::default()).await;
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(6),
+            "close on a full disk drops the unwritten"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+/// Appends `count` batches with a tiny segment size so the log spans several segments,
+/// closes it, and returns the stored bytes of every batch.
+async fn write_segments(dir: &Path, count: usize) -> Vec<Vec<u8>> {
+    let log = open(dir, small_config()).await;
+    let spec = BatchSpec {
+        records: 2,
+        value_bytes: 300,
+        ..BatchSpec::default()
+    };
+    let mut stored = Vec::new();
+    for _ in 0..count {
+        let (base, _) = appended(append(&log, &[spec], 0).unwrap());
+        stored.push(stored_bytes(spec, base));
+    }
+    log.close().await.unwrap();
+    stored
+}
+
+#[test]
+fn flipped_bits_in_an_older_segment_are_caught_by_crc_and_never_served() {
+    run("flipped_bits", |dir| async move {
+        let stored = write_segments(&dir, 150).await;
+        let logs = segment_files(&dir, "log");
+        assert!(logs.len() >= 4, "{logs:?}");
+        let mut contents = std::fs::read(&logs[0]).unwrap();
+        let batch_len = stored[0].len();
+        contents[batch_len * 5 + 100] ^= 0x10;
+        std::fs::write(&logs[0], &contents).unwrap();
+        // Recovery scans only the tail segments, so the log opens whole...
+        let log = open(&dir, small_config()).await;
+        assert_eq!(log.log_end_offset(), Offset(300));
+        // ...and the read path checks every batch's CRC: the bad one is refused, the batches
+        // before it end a read early, and everything else is served intact.
+        assert!(matches!(
+            log.read(Offset(10), 1).await,
+            Err(StorageError::Corrupt(_))
+        ));
+        assert_eq!(
+            log.read(Offset(0), 1 << 20).await.unwrap(),
+            stored[..5].concat()
+        );
+        assert_eq!(read_all(&log, 12).await, stored[6..].concat());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn torn_tail_page_of_garbage_is_cut_on_recovery() {
+    run("torn_page", |dir| async move {
+        let stored = write_segments(&dir, 20).await;
+        let last = segment_files(&dir, "log").pop().unwrap();
+        let good_len = std::fs::metadata(&last).unwrap().len();
+        let mut contents = std::fs::read(&last).unwrap();
+        let mut rng = Rng::new(7);
+        contents.extend((0..3000).map(|_| rng.below(256) as u8));
+        std::fs::write(&last, &contents).unwrap();
+        let log = open(&dir, small_config()).await;
+        assert_eq!(log.log_end_offset(), Offset(40));
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
+        assert_eq!(read_all(&log, 0).await, stored.concat());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncated_and_missing_indexes_of_older_segments_are_rebuilt() {
+    run("index_damage", |dir| async move {
+        let stored = write_segments(&dir, 150).await;
+        let indexes = segment_files(&dir, "index");
+        let times = segment_files(&dir, "timeindex");
+        assert!(indexes.len() >= 4);
+        let lengths: Vec<u64> = indexes
+            .iter()
+            .map(|file| std::fs::metadata(file).unwrap().len())
+            .collect();
+        assert!(lengths[0] >= 16);
+        let cut = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&indexes[0])
+            .unwrap();
+        cut.set_len(lengths[0] / 2 - 3).unwrap();
+        std::fs::remove_file(&indexes[1]).unwrap();
+        std::fs::remove_file(&times[1]).unwrap();
+        let log = open(&dir, small_config()).await;
+        for (file, length) in indexes.iter().zip(&lengths).take(2) {
+            assert_eq!(
+                std::fs::metadata(file).unwrap().len(),
+                *length,
+                "{file:?} rebuilt"
+            );
+        }
+        assert_eq!(read_all(&log, 0).await, stored.concat());
+        for from in [3i64, 41, 99, 170] {
+            let bytes = log.read(Offset(from), 1).await.unwrap();
+            let headers = validate_batches(&bytes, 1 << 20).unwrap();
+            assert!(headers[0].base_offset <= from && from <= headers[0].last_offset());
+        }
+        log.close().await.unwrap();
+    });
 }

@@ -117,7 +117,8 @@ trap cleanup EXIT
 
 # rmq-node: port 0, real addresses from its ready line. The MQTT listener is asked for only
 # when the binary has the flag.
-RMQ_ARGS_NODE=(--cores "$CORES" --data-dir "$DATA_DIR" --kafka-addr 127.0.0.1:0)
+RMQ_ARGS_NODE=(--cores "$CORES" --data-dir "$DATA_DIR" --kafka-addr 127.0.0.1:0
+  --admin-addr 127.0.0.1:0)
 if "$RMQ_NODE" --help 2>/dev/null | grep -q -- '--mqtt-addr'; then
     RMQ_ARGS_NODE+=(--mqtt-addr 127.0.0.1:0)
 fi

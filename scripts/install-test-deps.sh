@@ -10,6 +10,7 @@ cd "$ROOT"
 PY_PINS=(
   "confluent-kafka==2.16.1"
   "kafka-python==2.3.3"
+  "paho-mqtt==2.1.0"
   "pytest==8.4.2"
   "pytest-timeout==2.4.0"
 )
@@ -25,6 +26,8 @@ need_apt=()
 command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 \
   || need_apt+=(build-essential)
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+command -v mosquitto_pub >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1 \
+  || need_apt+=(mosquitto-clients)
 # The MQTT peer that rmq-bench is compared with (tests/test_bench.py, scripts/compare.sh).
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 # python3 -m venv needs ensurepip; Debian's system python3 needs python3-venv.
@@ -37,7 +40,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   $SUDO apt-get update </dev/null
   $SUDO apt-get install -y --no-install-recommends "${need_apt[@]}" </dev/null
 else
-  echo "install-test-deps: system packages present (cc, make, kcat, python3 venv)"
+  echo "install-test-deps: system packages present (cc, make, kcat, mosquitto-clients, python3 venv)"
 fi
 
 VENV="$ROOT/.venv"
@@ -71,5 +74,5 @@ else
   echo "install-test-deps: python packages already pinned in .venv"
 fi
 
-"$VENV/bin/python" -c 'import confluent_kafka, kafka, pytest; print("install-test-deps: confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "pytest", pytest.__version__)'
+"$VENV/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt, pytest; print("install-test-deps: confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "paho-mqtt", paho.mqtt.__version__, "pytest", pytest.__version__)'
 kcat -V 2>&1 | head -1 || true

@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 READY_RE = re.compile(r"^rmq-node ready kafka=(?P<host>[^\s:]+):(?P<port>\d+)(\s.*)?$")
+MQTT_READY_RE = re.compile(r"\smqtt=(?P<host>[^\s:]+):(?P<port>\d+)(\s|$)")
 START_TIMEOUT_S = float(os.environ.get("RMQ_START_TIMEOUT_S", "30"))
 STOP_TIMEOUT_S = 5.0
 
@@ -104,6 +105,7 @@ class Broker(object):
         self.proc = None
         self.host = None
         self.port = None
+        self.mqtt_port = None
         self.stdout_lines = []
         self._lines = None
         self._reader = None
@@ -125,7 +127,8 @@ class Broker(object):
 
     def args(self):
         args = [node_bin(), "--cores", str(self.cores), "--data-dir", self.data_dir,
-                "--kafka-addr", "127.0.0.1:0", "--log-level", "info"]
+                "--kafka-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
+                "--admin-addr", "127.0.0.1:0", "--log-level", "info"]
         if self.node_id is not None:
             args += ["--node-id", str(self.node_id)]
         if self.config_file:
@@ -172,6 +175,8 @@ class Broker(object):
             assert m, "first stdout line is not the ready line: %r" % line
             self.host, self.port = m.group("host"), int(m.group("port"))
             assert self.port != 0, "ready line reports port 0: %r" % line
+            mqtt = MQTT_READY_RE.search(line)
+            self.mqtt_port = int(mqtt.group("port")) if mqtt else None
             return self
 
     @staticmethod

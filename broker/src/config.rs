@@ -8,7 +8,12 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::constants::{DEFAULT_SOCKET_REQUEST_MAX_BYTES, REQUEST_MEMORY_PER_SHARD_BYTES};
+use crate::constants::{
+    DEFAULT_ADMIN_ADDR, DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS, DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
+    DEFAULT_OFFSETS_TOPIC_PARTITIONS, DEFAULT_SOCKET_REQUEST_MAX_BYTES,
+    REQUEST_MEMORY_PER_SHARD_BYTES,
+};
+use crate::group::state::GroupConfig;
 
 /// rmq-node: a Kafka-compatible, thread-per-core message broker.
 #[derive(Parser, Debug, Default)]
@@ -28,6 +33,14 @@ pub struct Cli {
     /// (127.0.0.1 when it listens on every interface).
     #[arg(long, value_name = "HOST:PORT")]
     pub advertised_kafka_addr: Option<String>,
+    /// MQTT listener (3.1, 3.1.1, 5), HOST:PORT (port 0 picks a free port).
+    /// Default: 0.0.0.0:1883
+    #[arg(long, value_name = "HOST:PORT")]
+    pub mqtt_addr: Option<String>,
+    /// Admin HTTP listener (/metrics, /v1/health, /v1/topics, /v1/groups), HOST:PORT.
+    /// Default: 0.0.0.0:9644
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_addr: Option<String>,
     /// This node's id. Default: 0
     #[arg(long)]
     pub node_id: Option<i32>,
@@ -48,11 +61,17 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub kafka_addr: Option<String>,
     pub advertised_kafka_addr: Option<String>,
+    pub mqtt_addr: Option<String>,
+    pub admin_addr: Option<String>,
     pub node_id: Option<i32>,
     pub log_level: Option<String>,
     pub auto_create_topics_enable: Option<bool>,
     pub num_partitions: Option<i32>,
     pub socket_request_max_bytes: Option<usize>,
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+    pub group_min_session_timeout_ms: Option<i32>,
+    pub group_max_session_timeout_ms: Option<i32>,
+    pub offsets_topic_num_partitions: Option<i32>,
 }
 
 /// The resolved configuration every shard receives (a read-only copy).
@@ -62,11 +81,17 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub kafka_addr: SocketAddr,
     pub advertised_kafka_addr: Option<(String, u16)>,
+    pub mqtt_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub node_id: i32,
     pub log_level: String,
     pub auto_create_topics_enable: bool,
     pub num_partitions: i32,
     pub socket_request_max_bytes: usize,
+    /// `group.*` settings of the group coordinator.
+    pub group: GroupConfig,
+    /// Partitions of `__consumer_offsets` when it is created (first start).
+    pub offsets_topic_num_partitions: i32,
 }
 
 impl NodeConfig {
@@ -90,6 +115,16 @@ impl NodeConfig {
             .or(file.kafka_addr)
             .unwrap_or_else(|| "0.0.0.0:9092".to_string());
         let kafka_addr = resolve(&kafka_addr).context("--kafka-addr")?;
+        let mqtt_addr = cli
+            .mqtt_addr
+            .or(file.mqtt_addr)
+            .unwrap_or_else(|| "0.0.0.0:1883".to_string());
+        let mqtt_addr = resolve(&mqtt_addr).context("--mqtt-addr")?;
+        let admin_addr = cli
+            .admin_addr
+            .or(file.admin_addr)
+            .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.to_string());
+        let admin_addr = resolve(&admin_addr).context("--admin-addr")?;
         let advertised = cli.advertised_kafka_addr.or(file.advertised_kafka_addr);
         let advertised_kafka_addr = advertised
             .map(|a| split_host_port(&a))
@@ -108,6 +143,29 @@ impl NodeConfig {
         if num_partitions < 1 {
             bail!("num_partitions must be at least 1");
         }
+        let group = GroupConfig {
+            initial_rebalance_delay_ms: file.group_initial_rebalance_delay_ms.unwrap_or(0),
+            min_session_timeout_ms: file
+                .group_min_session_timeout_ms
+                .unwrap_or(DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS),
+            max_session_timeout_ms: file
+                .group_max_session_timeout_ms
+                .unwrap_or(DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS),
+        };
+        if group.initial_rebalance_delay_ms < 0
+            || group.min_session_timeout_ms < 1
+            || group.min_session_timeout_ms > group.max_session_timeout_ms
+        {
+            bail!(
+                "group settings need group_initial_rebalance_delay_ms >= 0 and                  1 <= group_min_session_timeout_ms <= group_max_session_timeout_ms"
+            );
+        }
+        let offsets_topic_num_partitions = file
+            .offsets_topic_num_partitions
+            .unwrap_or(DEFAULT_OFFSETS_TOPIC_PARTITIONS);
+        if offsets_topic_num_partitions < 1 {
+            bail!("offsets_topic_num_partitions must be at least 1");
+        }
         Ok(NodeConfig {
             cores,
             data_dir: cli
@@ -116,6 +174,8 @@ impl NodeConfig {
                 .unwrap_or_else(|| PathBuf::from("./rmq-data")),
             kafka_addr,
             advertised_kafka_addr,
+            mqtt_addr,
+            admin_addr,
             node_id: cli.node_id.or(file.node_id).unwrap_or(0),
             log_level: cli
                 .log_level
@@ -124,6 +184,8 @@ impl NodeConfig {
             auto_create_topics_enable: file.auto_create_topics_enable.unwrap_or(true),
             num_partitions,
             socket_request_max_bytes,
+            group,
+            offsets_topic_num_partitions,
         })
     }
 }

@@ -39,3 +39,53 @@ pub const TOPIC_NAME_MAX_BYTES: usize = 249;
 
 /// Largest partition count of one topic on this node.
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+
+/// Partitions of `__consumer_offsets` (Kafka's `offsets.topic.num.partitions` is 50; 16 spreads
+/// group coordination over up to 16 shards while keeping startup and the per-partition writer
+/// tasks cheap on small nodes).
+pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 16;
+
+/// `segment.bytes` of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`): 100 MiB.
+pub const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Kafka's `group.min.session.timeout.ms` default: 6 s.
+pub const DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS: i32 = 6_000;
+
+/// Kafka's `group.max.session.timeout.ms` default: 30 min.
+pub const DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS: i32 = 30 * 60 * 1_000;
+
+/// How often each shard expires group sessions and completes due rebalances. Session
+/// timeouts are at least `group.min.session.timeout.ms` (seconds), so 100 ms of lateness is
+/// under 2% of the shortest one.
+pub const GROUP_TICK_INTERVAL_MS: u64 = 100;
+
+/// Kafka's `offset.metadata.max.bytes`: a commit's metadata string is at most 4 KiB.
+pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
+
+/// Groups one shard coordinates. Each costs its members and offsets (about 100 bytes per
+/// committed partition): 100,000 groups x 10 partitions x 100 bytes = 100 MiB per shard.
+pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
+
+/// Members (and KIP-394 pending members) of one group: 1,000 members x 12 KiB of protocol
+/// metadata and assignment at most bounds one group near 12 MiB.
+pub const MEMBERS_PER_GROUP_MAX: usize = 1_000;
+
+/// Bytes read per step when a `__consumer_offsets` partition is read back at startup: 1 MiB
+/// keeps the read buffer small and costs one read per ~10,000 commit records.
+pub const OFFSETS_LOAD_READ_BYTES: usize = 1024 * 1024;
+
+/// Kafka API keys counted in `/metrics`: every key the protocol defines is below 128.
+pub const METRICS_API_KEYS_MAX: usize = 128;
+
+/// Upper bounds of the request latency histogram buckets, in microseconds (Prometheus `le`),
+/// from 100 us (a local produce with acks=1) to 10 s (a long poll); beyond that is `+Inf`.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 500_000, 1_000_000, 10_000_000,
+];
+
+/// Default admin HTTP listener (`/metrics`, `/v1/...`).
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9644";
+
+/// How often each shard refreshes its gauges (partitions, groups, storage counters) for
+/// `/metrics`; a scrape every 10-15 s sees values at most this old.
+pub const METRICS_REFRESH_INTERVAL_MS: u64 = 1_000;

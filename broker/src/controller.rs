@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use glommio::sync::Semaphore;
-use rmq_protocols::kernel::{KernelError, TopicInfo, TopicSpec};
+use rmq_protocols::kernel::{ConfigChange, KernelError, TopicInfo, TopicPartition, TopicSpec};
 use tracing::info;
 
 use crate::constants::{MAX_PARTITIONS_PER_TOPIC, PRODUCER_ID_BLOCK_SIZE, TOPIC_NAME_MAX_BYTES};
@@ -33,6 +33,16 @@ pub enum ControllerRequest {
         validate_only: bool,
     },
     InitProducerId,
+    AlterTopicConfigs {
+        name: String,
+        changes: Vec<ConfigChange>,
+        replace_all: bool,
+        validate_only: bool,
+    },
+    /// New log start offsets, already checked against the partitions' high watermarks.
+    DeleteRecords {
+        partitions: Vec<(TopicPartition, i64)>,
+    },
 }
 
 pub enum ControllerReply {
@@ -40,6 +50,8 @@ pub enum ControllerReply {
     DeleteTopics(Vec<Result<(), KernelError>>),
     CreatePartitions(Result<(), KernelError>),
     InitProducerId(Result<(i64, i16), KernelError>),
+    AlterTopicConfigs(Result<(), KernelError>),
+    DeleteRecords(Vec<Result<i64, KernelError>>),
 }
 
 pub struct Controller {
@@ -125,6 +137,18 @@ impl Controller {
             ControllerRequest::InitProducerId => {
                 ControllerReply::InitProducerId(self.init_producer_id(shard))
             }
+            ControllerRequest::DeleteRecords { partitions } => {
+                ControllerReply::DeleteRecords(self.delete_records(shard, partitions).await)
+            }
+            ControllerRequest::AlterTopicConfigs {
+                name,
+                changes,
+                replace_all,
+                validate_only,
+            } => ControllerReply::AlterTopicConfigs(
+                self.alter_topic_configs(shard, &name, changes, replace_all, validate_only)
+                    .await,
+            ),
         }
     }
 
@@ -159,6 +183,7 @@ impl Controller {
             partition_shards: Vec::new(),
             configs,
             leader_epoch: 0,
+            log_start_offsets: Vec::new(),
         })
     }
 
@@ -205,6 +230,11 @@ impl Controller {
         let results: Vec<Result<(), KernelError>> = names
             .iter()
             .map(|name| {
+                if name.starts_with("__") {
+                    return Err(KernelError::InvalidTopic(format!(
+                        "internal topic '{name}' cannot be deleted"
+                    )));
+                }
                 next.topics
                     .remove(name)
                     .map(|_| ())
@@ -250,6 +280,84 @@ impl Controller {
         self.commit(shard, next).await?;
         info!(topic = %name, partitions = partition_count, "partitions created");
         Ok(())
+    }
+
+    /// Applies config changes to a topic, validates the result, persists and broadcasts it:
+    /// every shard's logs run with the new configs when this returns.
+    async fn alter_topic_configs(
+        &self,
+        shard: &Rc<Shard>,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        replace_all: bool,
+        validate_only: bool,
+    ) -> Result<(), KernelError> {
+        let mut next = self.state.borrow().clone();
+        let topic = next
+            .topics
+            .get_mut(name)
+            .ok_or(KernelError::UnknownTopicOrPartition)?;
+        let mut configs = if replace_all {
+            Default::default()
+        } else {
+            topic.configs.clone()
+        };
+        for change in changes {
+            match change {
+                ConfigChange::Set { name, value } => {
+                    configs.insert(name, value);
+                }
+                ConfigChange::Delete { name } => {
+                    topic_config::validate(&[(name.clone(), None)])?;
+                    configs.remove(&name);
+                }
+            }
+        }
+        let requested: Vec<(String, Option<String>)> =
+            configs.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let validated = topic_config::validate(&requested)?;
+        if validate_only || validated == topic.configs {
+            return Ok(());
+        }
+        topic.configs = validated;
+        self.commit(shard, next).await?;
+        info!(topic = %name, "topic configs altered");
+        Ok(())
+    }
+
+    /// Raises the log start offsets kept in the metadata (never lowers them).
+    async fn delete_records(
+        &self,
+        shard: &Rc<Shard>,
+        partitions: Vec<(TopicPartition, i64)>,
+    ) -> Vec<Result<i64, KernelError>> {
+        let mut next = self.state.borrow().clone();
+        let results: Vec<Result<i64, KernelError>> = partitions
+            .iter()
+            .map(|(partition, offset)| {
+                let topic = next
+                    .topics
+                    .get_mut(&partition.topic)
+                    .ok_or(KernelError::UnknownTopicOrPartition)?;
+                let index = usize::try_from(partition.partition)
+                    .ok()
+                    .filter(|i| *i < topic.partition_shards.len())
+                    .ok_or(KernelError::UnknownTopicOrPartition)?;
+                if topic.log_start_offsets.len() <= index {
+                    topic.log_start_offsets.resize(index + 1, 0);
+                }
+                let start = topic.log_start_offsets[index].max(*offset);
+                topic.log_start_offsets[index] = start;
+                Ok(start)
+            })
+            .collect();
+        if results.iter().any(Result::is_ok) {
+            if let Err(e) = self.commit(shard, next).await {
+                return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
+            }
+            info!(partitions = partitions.len(), "records deleted");
+        }
+        results
     }
 
     fn init_producer_id(&self, shard: &Rc<Shard>) -> Result<(i64, i16), KernelError> {
@@ -351,6 +459,7 @@ mod tests {
                 partition_shards: vec![0, 0, 1],
                 configs: Default::default(),
                 leader_epoch: 0,
+                log_start_offsets: Vec::new(),
             },
         );
         let mut meta = TopicMeta {
@@ -358,6 +467,7 @@ mod tests {
             partition_shards: Vec::new(),
             configs: Default::default(),
             leader_epoch: 0,
+            log_start_offsets: Vec::new(),
         };
         place_partitions(&metadata, &mut meta, 5, 3);
         // Loads start at [2, 1, 0]: shard 2 first, then the ties in order.

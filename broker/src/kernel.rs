@@ -10,13 +10,20 @@ use std::time::Duration;
 
 use futures_lite::future;
 use rmq_protocols::kernel::{
-    Acks, AppendedRange, ConfigEntry, Kernel, KernelError, NodeInfo, ProduceInput, ReadInput,
-    ReadOutput, TopicInfo, TopicPartition, TopicSpec,
+    Acks, AppendedRange, CommitOffsetsInput, CommittedOffset, ConfigChange, ConfigEntry,
+    GroupDescription, GroupItemResults, GroupListing, JoinGroupInput, JoinGroupOutput, Kernel,
+    KernelError, LeavingMember, MemberGeneration, NodeInfo, ProduceInput, ReadInput, ReadOutput,
+    SyncGroupInput, SyncGroupOutput, TopicInfo, TopicPartition, TopicSpec, LIST_OFFSETS_LATEST,
 };
 use rmq_storage::validate_batches;
 
 use crate::budget::RequestPermit;
+use crate::constants::{
+    DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS, DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
+    DEFAULT_OFFSETS_TOPIC_PARTITIONS, OFFSET_METADATA_MAX_BYTES,
+};
 use crate::controller::{topic_info, ControllerReply, ControllerRequest};
+use crate::group::{coordinator_partition, offsets_partition, GroupRequest};
 use crate::shard::{
     await_appends, batch_error, ProduceItem, ProduceResult, Shard, ShardId, ShardOp,
 };
@@ -51,6 +58,42 @@ impl ShardKernel {
             .recv_async()
             .await
             .map_err(|_| KernelError::ShuttingDown)
+    }
+
+    /// The shard coordinating `group_id`: the owner of its `__consumer_offsets` partition.
+    fn coordinator_shard(&self, group_id: &str) -> Result<ShardId, KernelError> {
+        let partition = coordinator_partition(&self.shard, group_id)?;
+        self.shard
+            .owner_of(&offsets_partition(partition))
+            .ok_or(KernelError::CoordinatorNotAvailable)
+    }
+
+    /// Runs a group request on its coordinator shard (one mesh hop, or in place) and waits
+    /// for the answer it sends back.
+    async fn group_call<T>(
+        &self,
+        group_id: &str,
+        request: impl FnOnce(flume::Sender<T>) -> GroupRequest,
+    ) -> Result<T, KernelError> {
+        let coordinator = self.coordinator_shard(group_id)?;
+        let (reply, receiver) = flume::bounded(1);
+        self.run_group_request(coordinator, request(reply)).await?;
+        receiver
+            .recv_async()
+            .await
+            .map_err(|_| KernelError::CoordinatorNotAvailable)
+    }
+
+    async fn run_group_request(
+        &self,
+        coordinator: ShardId,
+        request: GroupRequest,
+    ) -> Result<(), KernelError> {
+        if coordinator == self.shard.id {
+            self.shard.groups.handle(&self.shard, request).await;
+            return Ok(());
+        }
+        self.shard.send(coordinator, ShardOp::Group(request)).await
     }
 
     /// Checks one produce input and finds its owner.
@@ -112,6 +155,12 @@ impl Kernel for ShardKernel {
 
     fn accepting_requests(&self) -> bool {
         !self.shard.is_stopping()
+    }
+
+    fn observe_request(&self, api_key: i16, bytes_in: usize, bytes_out: usize, latency_us: u64) {
+        self.shard
+            .metrics
+            .observe_request(api_key, bytes_in, bytes_out, latency_us);
     }
 
     async fn reserve_request_bytes(&self, size_bytes: usize) -> RequestPermit {
@@ -189,6 +238,25 @@ impl Kernel for ShardKernel {
         Ok(topic_config::describe(&topic.configs))
     }
 
+    async fn alter_topic_configs(
+        &self,
+        name: String,
+        changes: Vec<ConfigChange>,
+        replace_all: bool,
+        validate_only: bool,
+    ) -> Result<(), KernelError> {
+        let request = ControllerRequest::AlterTopicConfigs {
+            name,
+            changes,
+            replace_all,
+            validate_only,
+        };
+        match self.controller(request).await? {
+            ControllerReply::AlterTopicConfigs(result) => result,
+            _ => Err(unexpected_reply()),
+        }
+    }
+
     fn describe_broker_configs(&self) -> Vec<ConfigEntry> {
         let config = &self.shard.config;
         let entry = |name: &str, value: String| ConfigEntry {
@@ -197,7 +265,37 @@ impl Kernel for ShardKernel {
             is_default: false,
             read_only: true,
         };
+        let with_default = |name: &str, value: String, default: String| ConfigEntry {
+            is_default: value == default,
+            ..entry(name, value)
+        };
+        let group = &config.group;
         vec![
+            with_default(
+                "group.initial.rebalance.delay.ms",
+                group.initial_rebalance_delay_ms.to_string(),
+                "0".to_string(),
+            ),
+            with_default(
+                "group.min.session.timeout.ms",
+                group.min_session_timeout_ms.to_string(),
+                DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS.to_string(),
+            ),
+            with_default(
+                "group.max.session.timeout.ms",
+                group.max_session_timeout_ms.to_string(),
+                DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS.to_string(),
+            ),
+            with_default(
+                "offsets.topic.num.partitions",
+                config.offsets_topic_num_partitions.to_string(),
+                DEFAULT_OFFSETS_TOPIC_PARTITIONS.to_string(),
+            ),
+            with_default(
+                "offset.metadata.max.bytes",
+                OFFSET_METADATA_MAX_BYTES.to_string(),
+                OFFSET_METADATA_MAX_BYTES.to_string(),
+            ),
             entry("broker.id", config.node_id.to_string()),
             entry(
                 "auto.create.topics.enable",
@@ -380,10 +478,170 @@ impl Kernel for ShardKernel {
             .map_err(|_| KernelError::ShuttingDown)?
     }
 
+    async fn delete_records(
+        &self,
+        partitions: Vec<(TopicPartition, i64)>,
+    ) -> Vec<Result<i64, KernelError>> {
+        // Offsets are checked against the high watermark first (on the owning shards); it only
+        // grows, so the check still holds when the controller applies them.
+        let mut results = Vec::with_capacity(partitions.len());
+        let mut checked = Vec::new();
+        for (index, (partition, offset)) in partitions.into_iter().enumerate() {
+            let high_watermark = match self
+                .list_offset(partition.clone(), LIST_OFFSETS_LATEST)
+                .await
+            {
+                Ok((high_watermark, _)) => high_watermark,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let target = if offset == -1 { high_watermark } else { offset };
+            if !(0..=high_watermark).contains(&target) {
+                results.push(Err(KernelError::OffsetOutOfRange));
+                continue;
+            }
+            results.push(Ok(target));
+            checked.push((index, partition, target));
+        }
+        if checked.is_empty() {
+            return results;
+        }
+        let request = ControllerRequest::DeleteRecords {
+            partitions: checked
+                .iter()
+                .map(|(_, partition, target)| (partition.clone(), *target))
+                .collect(),
+        };
+        let applied = match self.controller(request).await {
+            Ok(ControllerReply::DeleteRecords(applied)) => applied,
+            Ok(_) => vec![Err(unexpected_reply()); checked.len()],
+            Err(e) => vec![Err(e); checked.len()],
+        };
+        for ((index, _, _), result) in checked.into_iter().zip(applied) {
+            results[index] = result;
+        }
+        results
+    }
+
     async fn init_producer_id(&self) -> Result<(i64, i16), KernelError> {
         match self.controller(ControllerRequest::InitProducerId).await? {
             ControllerReply::InitProducerId(result) => result,
             _ => Err(unexpected_reply()),
         }
+    }
+
+    fn group_coordinator(&self, group_id: &str) -> Result<NodeInfo, KernelError> {
+        self.coordinator_shard(group_id)?;
+        Ok(self.shard.node())
+    }
+
+    async fn join_group(&self, input: JoinGroupInput) -> JoinGroupOutput {
+        let group_id = input.group_id.clone();
+        let member_id = input.member_id.clone();
+        self.group_call(&group_id, |reply| GroupRequest::Join(input, reply))
+            .await
+            .unwrap_or_else(|e| JoinGroupOutput {
+                error: Some(e),
+                generation_id: -1,
+                member_id,
+                ..JoinGroupOutput::default()
+            })
+    }
+
+    async fn sync_group(&self, input: SyncGroupInput) -> SyncGroupOutput {
+        let group_id = input.member.group_id.clone();
+        self.group_call(&group_id, |reply| GroupRequest::Sync(input, reply))
+            .await
+            .unwrap_or_else(|e| SyncGroupOutput {
+                error: Some(e),
+                ..SyncGroupOutput::default()
+            })
+    }
+
+    async fn heartbeat(&self, member: MemberGeneration) -> Result<(), KernelError> {
+        let group_id = member.group_id.clone();
+        self.group_call(&group_id, |reply| GroupRequest::Heartbeat(member, reply))
+            .await?
+    }
+
+    async fn leave_group(&self, group_id: String, members: Vec<LeavingMember>) -> GroupItemResults {
+        let id = group_id.clone();
+        self.group_call(&id, |reply| GroupRequest::Leave {
+            group_id,
+            members,
+            reply,
+        })
+        .await?
+    }
+
+    async fn commit_offsets(&self, input: CommitOffsetsInput) -> GroupItemResults {
+        let group_id = input.member.group_id.clone();
+        self.group_call(&group_id, |reply| GroupRequest::Commit(input, reply))
+            .await?
+    }
+
+    async fn fetch_offsets(
+        &self,
+        group_id: String,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, KernelError> {
+        let id = group_id.clone();
+        self.group_call(&id, |reply| GroupRequest::Fetch {
+            group_id,
+            partitions,
+            reply,
+        })
+        .await?
+    }
+
+    async fn list_groups(&self) -> Vec<GroupListing> {
+        let mut receivers = Vec::with_capacity(self.shard.shard_count);
+        for index in 0..self.shard.shard_count {
+            let Ok(shard) = u16::try_from(index).map(ShardId) else {
+                break;
+            };
+            let (reply, receiver) = flume::bounded(1);
+            if self
+                .run_group_request(shard, GroupRequest::List(reply))
+                .await
+                .is_ok()
+            {
+                receivers.push(receiver);
+            }
+        }
+        let mut groups = Vec::new();
+        for receiver in receivers {
+            groups.extend(receiver.recv_async().await.unwrap_or_default());
+        }
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        groups
+    }
+
+    async fn describe_group(&self, group_id: String) -> Result<GroupDescription, KernelError> {
+        let id = group_id.clone();
+        self.group_call(&id, |reply| GroupRequest::Describe { group_id, reply })
+            .await?
+    }
+
+    async fn delete_group(&self, group_id: String) -> Result<(), KernelError> {
+        let id = group_id.clone();
+        self.group_call(&id, |reply| GroupRequest::Delete { group_id, reply })
+            .await?
+    }
+
+    async fn delete_offsets(
+        &self,
+        group_id: String,
+        partitions: Vec<TopicPartition>,
+    ) -> GroupItemResults {
+        let id = group_id.clone();
+        self.group_call(&id, |reply| GroupRequest::DeleteOffsets {
+            group_id,
+            partitions,
+            reply,
+        })
+        .await?
     }
 }

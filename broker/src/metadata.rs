@@ -5,7 +5,8 @@
 //!
 //! Persisted with rkyv at `<data_dir>/__cluster/metadata.bin`, framed as
 //! `magic(8) | payload_len(u32 LE) | crc32(u32 LE) | payload`, written to a temporary file,
-//! fdatasynced and renamed, so a crash leaves either the old or the new file.
+//! fdatasynced and renamed, so a crash leaves either the old or the new file. The magic names
+//! the layout: `RMQMETA2` today; `RMQMETA1` files (before DeleteRecords) are read and upgraded.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use rkyv::{Archive, Deserialize, Serialize};
 
-const METADATA_MAGIC: &[u8; 8] = b"RMQMETA1";
+const METADATA_MAGIC: &[u8; 8] = b"RMQMETA2";
+const METADATA_MAGIC_V1: &[u8; 8] = b"RMQMETA1";
 const METADATA_HEADER_BYTES: usize = 16;
 
 /// One topic: the owning shard of each partition (index = partition id) and its configs.
@@ -25,6 +27,66 @@ pub struct TopicMeta {
     /// Only the configs set on the topic; defaults are not stored.
     pub configs: BTreeMap<String, String>,
     pub leader_epoch: i32,
+    /// DeleteRecords: the first readable offset of each partition (index = partition id; a
+    /// missing entry is 0). The storage log start may pass it (retention); the larger wins.
+    pub log_start_offsets: Vec<i64>,
+}
+
+impl TopicMeta {
+    /// The DeleteRecords start of `partition` (0 when none was set).
+    pub fn log_start_override(&self, partition: i32) -> i64 {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.log_start_offsets.get(index).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// The layouts before `RMQMETA2`, read once and upgraded.
+mod legacy {
+    use std::collections::BTreeMap;
+
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub struct TopicMetaV1 {
+        pub id: [u8; 16],
+        pub partition_shards: Vec<u16>,
+        pub configs: BTreeMap<String, String>,
+        pub leader_epoch: i32,
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+    pub struct ClusterMetadataV1 {
+        pub version: u64,
+        pub cluster_id: String,
+        pub topics: BTreeMap<String, TopicMetaV1>,
+        pub producer_id_reserved_until: i64,
+    }
+
+    impl From<ClusterMetadataV1> for super::ClusterMetadata {
+        fn from(v1: ClusterMetadataV1) -> super::ClusterMetadata {
+            super::ClusterMetadata {
+                version: v1.version,
+                cluster_id: v1.cluster_id,
+                topics: v1
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let topic = super::TopicMeta {
+                            id: t.id,
+                            partition_shards: t.partition_shards,
+                            configs: t.configs,
+                            leader_epoch: t.leader_epoch,
+                            log_start_offsets: Vec::new(),
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+                producer_id_reserved_until: v1.producer_id_reserved_until,
+            }
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -83,7 +145,11 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<ClusterMetadata>> {
 }
 
 fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
-    if bytes.len() < METADATA_HEADER_BYTES || &bytes[..8] != METADATA_MAGIC {
+    if bytes.len() < METADATA_HEADER_BYTES {
+        bail!("bad magic");
+    }
+    let v1 = &bytes[..8] == METADATA_MAGIC_V1;
+    if !v1 && &bytes[..8] != METADATA_MAGIC {
         bail!("bad magic");
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -96,6 +162,11 @@ fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
+    if v1 {
+        return rkyv::from_bytes::<legacy::ClusterMetadataV1, rkyv::rancor::Error>(&aligned)
+            .map(ClusterMetadata::from)
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}"));
+    }
     rkyv::from_bytes::<ClusterMetadata, rkyv::rancor::Error>(&aligned)
         .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
 }
@@ -143,6 +214,7 @@ mod tests {
                 partition_shards: vec![0, 1, 0],
                 configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
                 leader_epoch: 0,
+                log_start_offsets: vec![0, 5],
             },
         );
         metadata
@@ -154,6 +226,34 @@ mod tests {
         store(&dir, &sample()).expect("store");
         assert_eq!(load(&dir).expect("load"), Some(sample()));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn version_one_metadata_is_upgraded_on_load() {
+        let mut v1 = legacy::ClusterMetadataV1 {
+            version: 3,
+            cluster_id: "cluster-1".to_string(),
+            producer_id_reserved_until: 2000,
+            ..Default::default()
+        };
+        v1.topics.insert(
+            "orders".to_string(),
+            legacy::TopicMetaV1 {
+                id: [7; 16],
+                partition_shards: vec![0, 1],
+                configs: BTreeMap::new(),
+                leader_epoch: 0,
+            },
+        );
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&v1).expect("encode v1");
+        let mut bytes = METADATA_MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let upgraded = decode(&bytes).expect("v1 decodes");
+        assert_eq!(upgraded.cluster_id, "cluster-1");
+        assert_eq!(upgraded.topics["orders"].partition_shards, vec![0, 1]);
+        assert_eq!(upgraded.topics["orders"].log_start_override(1), 0);
     }
 
     #[test]

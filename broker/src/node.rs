@@ -12,17 +12,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
-use rmq_protocols::kernel::NodeInfo;
+use rmq_protocols::kernel::{KernelError, NodeInfo, TopicSpec};
 use tracing::{error, info, warn};
 
+use crate::admin_http;
 use crate::config::NodeConfig;
 use crate::constants::{
-    MESH_CHANNEL_CAPACITY, RETENTION_CHECK_INTERVAL_MS, SHARD_IO_MEMORY_BYTES,
+    GROUP_TICK_INTERVAL_MS, MESH_CHANNEL_CAPACITY, METRICS_REFRESH_INTERVAL_MS,
+    OFFSETS_TOPIC_SEGMENT_BYTES, RETENTION_CHECK_INTERVAL_MS, SHARD_IO_MEMORY_BYTES,
     SHUTDOWN_DRAIN_TIMEOUT_MS,
 };
-use crate::controller::Controller;
+use crate::controller::{Controller, ControllerReply, ControllerRequest};
+use crate::group::{monotonic_ms, OFFSETS_TOPIC};
 use crate::kafka_listener;
 use crate::metadata::{self, ClusterMetadata};
+use crate::metrics::ShardMetrics;
+use crate::mqtt;
 use crate::shard::{now_ms, spawn_mesh_receivers, Shard, ShardId, ShardOp};
 
 /// How long the node waits for every shard to recover its logs and bind its listeners.
@@ -41,6 +46,9 @@ struct ShardStart {
     mesh: Arc<Mesh>,
     next_shard_id: Arc<AtomicUsize>,
     bound: BoundSlot,
+    mqtt_bound: BoundSlot,
+    /// One per shard, indexed by shard id; the admin HTTP thread reads them.
+    metrics: Arc<Vec<Arc<ShardMetrics>>>,
     ready: std::sync::mpsc::Sender<Result<(u16, SocketAddr), String>>,
     shutdown: flume::Receiver<()>,
 }
@@ -134,13 +142,21 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     ])
     .context("cannot install signal handlers")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mqtt_bound: BoundSlot = Arc::new((Mutex::new(None), Condvar::new()));
     let (shutdown_tx, shutdown_rx) = flume::bounded(config.cores);
+    let shard_metrics: Arc<Vec<Arc<ShardMetrics>>> = Arc::new(
+        (0..config.cores)
+            .map(|_| Arc::new(ShardMetrics::new()))
+            .collect(),
+    );
     let start = ShardStart {
+        metrics: shard_metrics.clone(),
         config: config.clone(),
         metadata,
         mesh: Arc::new(Mesh::new(config.cores)),
         next_shard_id: Arc::new(AtomicUsize::new(0)),
         bound: Arc::new((Mutex::new(None), Condvar::new())),
+        mqtt_bound: mqtt_bound.clone(),
         ready: ready_tx,
         shutdown: shutdown_rx,
     };
@@ -157,7 +173,10 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("cannot start shard executors: {e}"))?;
     let addr = wait_ready(&ready_rx, config.cores)?;
-    println!("rmq-node ready kafka={addr}");
+    let mqtt_addr = bound_address(&mqtt_bound)?;
+    let admin_addr = admin_http::start(config.admin_addr, addr, shard_metrics.to_vec())
+        .context("--admin-addr")?;
+    println!("rmq-node ready kafka={addr} mqtt={mqtt_addr} admin={admin_addr}");
     use std::io::Write;
     std::io::stdout().flush().ok();
     wait_for_signal(signals, shutdown_tx, config.cores);
@@ -247,20 +266,32 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         Arc::new(ClusterMetadata::default()),
         senders,
         controller,
+        start.metrics[index].clone(),
     ));
     shard.apply_metadata(start.metadata.clone()).await;
     spawn_mesh_receivers(&shard, receivers);
     spawn_retention(&shard);
-    let listener = bind_listener(&shard, &start.bound)?;
+    spawn_group_ticks(&shard);
+    spawn_metrics_refresh(&shard);
+    let listener = bind_listener(&shard, shard.config.kafka_addr, &start.bound)?;
+    let mqtt_listener = bind_listener(&shard, shard.config.mqtt_addr, &start.mqtt_bound)?;
+    // After the bind: the other shards wait for shard 0's port before they serve the mesh
+    // broadcast that creating the topic waits for.
+    if id.0 == 0 {
+        ensure_offsets_topic(&shard).await?;
+    }
     let bound = listener
         .local_addr()
         .map_err(|e| anyhow::anyhow!("listener address: {e}"))?;
     shard.set_node(advertised(&start.config, bound));
     let _ = start.ready.send(Ok((id.0, bound)));
     let accept = glommio::spawn_local(kafka_listener::accept_loop(shard.clone(), listener));
+    let mqtt_accept =
+        glommio::spawn_local(mqtt::listener::accept_loop(shard.clone(), mqtt_listener));
     let _ = start.shutdown.recv_async().await;
     shard.begin_shutdown();
     drop(accept);
+    drop(mqtt_accept);
     drain(&shard).await;
     shard.logs.close_all().await.context("closing logs")?;
     info!(shard = id.0, "shard stopped");
@@ -268,11 +299,14 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
 }
 
 /// Shard 0 binds the configured address (port 0 picks one); the others bind the port it got.
-fn bind_listener(shard: &Shard, slot: &BoundSlot) -> anyhow::Result<glommio::net::TcpListener> {
+fn bind_listener(
+    shard: &Shard,
+    addr: SocketAddr,
+    slot: &BoundSlot,
+) -> anyhow::Result<glommio::net::TcpListener> {
     let (lock, ready) = &**slot;
     if shard.id.0 == 0 {
-        let result = kafka_listener::bind(shard.config.kafka_addr)
-            .with_context(|| format!("cannot listen on {}", shard.config.kafka_addr));
+        let result = kafka_listener::bind(addr).with_context(|| format!("cannot listen on {addr}"));
         let shared = match &result {
             Ok(listener) => listener.local_addr().map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),
@@ -300,6 +334,19 @@ fn bind_listener(shard: &Shard, slot: &BoundSlot) -> anyhow::Result<glommio::net
     kafka_listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// The address shard 0 bound for a listener (after every shard reported ready).
+fn bound_address(slot: &BoundSlot) -> anyhow::Result<SocketAddr> {
+    let guard = slot
+        .0
+        .lock()
+        .map_err(|_| anyhow::anyhow!("bind slot poisoned"))?;
+    match guard.as_ref() {
+        Some(Ok(addr)) => Ok(*addr),
+        Some(Err(e)) => bail!("shard 0 could not listen: {e}"),
+        None => bail!("shard 0 did not bind"),
+    }
+}
+
 fn advertised(config: &NodeConfig, bound: SocketAddr) -> NodeInfo {
     let (host, port) = match &config.advertised_kafka_addr {
         Some((host, port)) => (host.clone(), if *port == 0 { bound.port() } else { *port }),
@@ -311,6 +358,73 @@ fn advertised(config: &NodeConfig, bound: SocketAddr) -> NodeInfo {
         host,
         port: i32::from(port),
     }
+}
+
+/// Creates `__consumer_offsets` on the first start. It keeps its records until compaction
+/// exists (`retention.ms=-1`): committed offsets must never age out.
+async fn ensure_offsets_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    if shard.metadata().topics.contains_key(OFFSETS_TOPIC) {
+        return Ok(());
+    }
+    let controller = shard
+        .controller
+        .as_ref()
+        .context("the controller runs on shard 0")?;
+    let spec = TopicSpec {
+        name: OFFSETS_TOPIC.to_string(),
+        partition_count: shard.config.offsets_topic_num_partitions,
+        replication_factor: -1,
+        configs: vec![
+            ("retention.ms".to_string(), Some("-1".to_string())),
+            (
+                "segment.bytes".to_string(),
+                Some(OFFSETS_TOPIC_SEGMENT_BYTES.to_string()),
+            ),
+        ],
+    };
+    let request = ControllerRequest::CreateTopics {
+        specs: vec![spec],
+        validate_only: false,
+    };
+    match controller.handle(shard, request).await {
+        ControllerReply::CreateTopics(results) => match results.into_iter().next() {
+            Some(Ok(_)) | Some(Err(KernelError::TopicAlreadyExists)) => Ok(()),
+            Some(Err(e)) => bail!("cannot create {OFFSETS_TOPIC}: {e}"),
+            None => bail!("cannot create {OFFSETS_TOPIC}: no answer"),
+        },
+        _ => bail!("cannot create {OFFSETS_TOPIC}: unexpected controller answer"),
+    }
+}
+
+/// Refreshes this shard's gauges for `/metrics`.
+fn spawn_metrics_refresh(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(METRICS_REFRESH_INTERVAL_MS)).await;
+            let metrics = &shard.metrics;
+            let stats = shard.logs.stats();
+            ShardMetrics::set(&metrics.partitions, shard.logs.partition_count() as u64);
+            ShardMetrics::set(&metrics.groups, shard.groups.group_count() as u64);
+            ShardMetrics::set(&metrics.connections, shard.connections.get() as u64);
+            ShardMetrics::set(&metrics.appended_bytes, stats.appended_bytes);
+            ShardMetrics::set(&metrics.appended_batches, stats.appended_batches);
+            ShardMetrics::set(&metrics.fsyncs, stats.fsyncs);
+        }
+    })
+    .detach();
+}
+
+/// Expires group sessions and completes due rebalances on this shard's groups.
+fn spawn_group_ticks(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(GROUP_TICK_INTERVAL_MS)).await;
+            shard.groups.tick(monotonic_ms());
+        }
+    })
+    .detach();
 }
 
 fn spawn_retention(shard: &Rc<Shard>) {

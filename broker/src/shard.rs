@@ -32,7 +32,9 @@ use crate::budget::RequestBudget;
 use crate::config::NodeConfig;
 use crate::constants::REQUEST_MEMORY_PER_SHARD_BYTES;
 use crate::controller::{Controller, ControllerReply, ControllerRequest};
+use crate::group::{GroupCoordinator, GroupRequest};
 use crate::metadata::ClusterMetadata;
+use crate::metrics::ShardMetrics;
 use crate::topic_config;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,6 +79,10 @@ pub enum ShardOp {
         request: ControllerRequest,
         reply: flume::Sender<ControllerReply>,
     },
+    /// For the group coordinator of this shard (it carries its own reply channel).
+    Group(GroupRequest),
+    /// For this shard's MQTT state (subscription routing, sessions, retained messages).
+    Mqtt(crate::mqtt::MqttOp),
 }
 
 pub struct Shard {
@@ -86,6 +92,8 @@ pub struct Shard {
     pub logs: LogManager,
     pub budget: RequestBudget,
     pub controller: Option<Controller>,
+    pub groups: GroupCoordinator,
+    pub metrics: Arc<ShardMetrics>,
     pub connections: Cell<usize>,
     metadata: RefCell<Arc<ClusterMetadata>>,
     /// `mesh[peer]` sends to shard `peer`; `None` at this shard's own index.
@@ -141,6 +149,7 @@ impl Shard {
         metadata: Arc<ClusterMetadata>,
         mesh: Vec<Option<flume::Sender<ShardOp>>>,
         controller: Option<Controller>,
+        metrics: Arc<ShardMetrics>,
     ) -> Shard {
         assert_eq!(mesh.len(), config.cores, "one mesh channel per shard");
         assert!(
@@ -157,6 +166,8 @@ impl Shard {
             id,
             shard_count: config.cores,
             logs: LogManager::new(config.data_dir.clone()),
+            groups: GroupCoordinator::new(config.group),
+            metrics,
             config,
             budget: RequestBudget::new(REQUEST_MEMORY_PER_SHARD_BYTES),
             controller,
@@ -270,11 +281,23 @@ impl Shard {
                 let range = AppendedRange {
                     base_offset: base.0,
                     last_offset: last.0,
-                    log_start_offset: log.log_start_offset().0,
+                    log_start_offset: self.log_start(&item.partition, &log),
                 };
                 Ok((log, range))
             })
             .collect()
+    }
+
+    /// The first readable offset: the storage log start or, if larger, the DeleteRecords
+    /// start kept in the metadata.
+    pub fn log_start(&self, partition: &TopicPartition, log: &PartitionLog) -> i64 {
+        let deleted_before = self
+            .metadata
+            .borrow()
+            .topics
+            .get(&partition.topic)
+            .map_or(0, |t| t.log_start_override(partition.partition));
+        log.log_start_offset().0.max(deleted_before)
     }
 
     pub async fn read_local(&self, items: Vec<ReadInput>) -> Vec<ReadOutput> {
@@ -287,14 +310,18 @@ impl Shard {
                     log_start_offset: -1,
                 },
                 Ok(log) => {
-                    let records = log
-                        .read(Offset(item.offset), item.max_bytes)
-                        .await
-                        .map_err(storage_error);
+                    let log_start_offset = self.log_start(&item.partition, &log);
+                    let records = if item.offset < log_start_offset {
+                        Err(KernelError::OffsetOutOfRange)
+                    } else {
+                        log.read(Offset(item.offset), item.max_bytes)
+                            .await
+                            .map_err(storage_error)
+                    };
                     ReadOutput {
                         records,
                         high_watermark: log.high_watermark().0,
-                        log_start_offset: log.log_start_offset().0,
+                        log_start_offset,
                     }
                 }
             };
@@ -336,9 +363,10 @@ impl Shard {
         timestamp: i64,
     ) -> Result<(i64, i64), KernelError> {
         let log = self.owned_log(partition)?;
+        let log_start = self.log_start(partition, &log);
         match timestamp {
             LIST_OFFSETS_LATEST => Ok((log.high_watermark().0, -1)),
-            LIST_OFFSETS_EARLIEST => Ok((log.log_start_offset().0, -1)),
+            LIST_OFFSETS_EARLIEST => Ok((log_start, -1)),
             LIST_OFFSETS_MAX_TIMESTAMP => Ok(log
                 .max_timestamp()
                 .map_or((-1, -1), |(offset, ts)| (offset.0, ts))),
@@ -346,7 +374,7 @@ impl Shard {
                 .offset_for_timestamp(ts)
                 .await
                 .map_err(storage_error)?
-                .map_or((-1, -1), |(offset, ts)| (offset.0, ts))),
+                .map_or((-1, -1), |(offset, ts)| (offset.0.max(log_start), ts))),
             other => Err(KernelError::InvalidRequest(format!(
                 "unsupported ListOffsets timestamp {other}"
             ))),
@@ -523,6 +551,14 @@ fn handle_op(shard: &Rc<Shard>, op: ShardOp) {
                 };
                 let result = controller.handle(&shard, request).await;
                 let _ = reply.send_async(result).await;
+            })
+            .detach();
+        }
+        ShardOp::Mqtt(op) => crate::mqtt::handle_op(shard, op),
+        ShardOp::Group(request) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard.groups.handle(&shard, request).await;
             })
             .detach();
         }

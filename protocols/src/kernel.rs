@@ -21,7 +21,10 @@ pub struct TopicPartition {
 pub enum KernelError {
     UnknownTopicOrPartition,
     CorruptMessage(String),
-    MessageTooLarge { size_bytes: usize, max_bytes: usize },
+    MessageTooLarge {
+        size_bytes: usize,
+        max_bytes: usize,
+    },
     OutOfOrderSequence(String),
     InvalidProducerEpoch(String),
     OffsetOutOfRange,
@@ -34,6 +37,27 @@ pub enum KernelError {
     InvalidRequest(String),
     RequestTimedOut,
     ShuttingDown,
+    /// The group coordinator cannot serve yet (its offsets partition is missing or loading).
+    CoordinatorNotAvailable,
+    InvalidGroupId,
+    UnknownMemberId,
+    /// KIP-394: the first JoinGroup (v4+) of a dynamic member gets an id and must rejoin with it.
+    MemberIdRequired,
+    IllegalGeneration,
+    RebalanceInProgress,
+    InconsistentGroupProtocol,
+    /// A static member (group.instance.id) was replaced by a newer instance with the same id.
+    FencedInstanceId,
+    InvalidSessionTimeout(String),
+    GroupIdNotFound,
+    NonEmptyGroup,
+    GroupSubscribedToTopic,
+    OffsetMetadataTooLarge {
+        size_bytes: usize,
+        max_bytes: usize,
+    },
+    /// An operation this node does not offer (yet), e.g. transaction coordinators.
+    Unsupported(String),
 }
 
 impl fmt::Display for KernelError {
@@ -60,6 +84,25 @@ impl fmt::Display for KernelError {
             | KernelError::InvalidRequest(m) => write!(f, "{m}"),
             KernelError::RequestTimedOut => write!(f, "request timed out"),
             KernelError::ShuttingDown => write!(f, "broker is shutting down"),
+            KernelError::CoordinatorNotAvailable => write!(f, "group coordinator not available"),
+            KernelError::InvalidGroupId => write!(f, "invalid (empty) group id"),
+            KernelError::UnknownMemberId => write!(f, "unknown member id"),
+            KernelError::MemberIdRequired => write!(f, "rejoin with the member id given"),
+            KernelError::IllegalGeneration => write!(f, "illegal generation"),
+            KernelError::RebalanceInProgress => write!(f, "rebalance in progress"),
+            KernelError::InconsistentGroupProtocol => write!(f, "inconsistent group protocol"),
+            KernelError::FencedInstanceId => write!(f, "static member fenced by a newer instance"),
+            KernelError::InvalidSessionTimeout(m) | KernelError::Unsupported(m) => write!(f, "{m}"),
+            KernelError::GroupIdNotFound => write!(f, "group not found"),
+            KernelError::NonEmptyGroup => write!(f, "group has active members"),
+            KernelError::GroupSubscribedToTopic => write!(f, "group is subscribed to the topic"),
+            KernelError::OffsetMetadataTooLarge {
+                size_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "offset metadata of {size_bytes} bytes exceeds {max_bytes} bytes"
+            ),
         }
     }
 }
@@ -98,6 +141,19 @@ pub struct ConfigEntry {
     pub value: Option<String>,
     pub is_default: bool,
     pub read_only: bool,
+}
+
+/// One change to a topic config (IncrementalAlterConfigs semantics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigChange {
+    Set {
+        name: String,
+        value: String,
+    },
+    /// Back to the default.
+    Delete {
+        name: String,
+    },
 }
 
 /// How much durability a producer waits for.
@@ -146,6 +202,132 @@ pub const LIST_OFFSETS_LATEST: i64 = -1;
 pub const LIST_OFFSETS_EARLIEST: i64 = -2;
 pub const LIST_OFFSETS_MAX_TIMESTAMP: i64 = -3;
 
+/// One protocol a group member supports (e.g. `range`, `roundrobin`, `cooperative-sticky`)
+/// with its opaque subscription metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupProtocol {
+    pub name: String,
+    pub metadata: Bytes,
+}
+
+/// A member asking to join (or rejoin) a group: the classic rebalance protocol.
+#[derive(Clone, Debug)]
+pub struct JoinGroupInput {
+    pub group_id: String,
+    /// Empty on a first join.
+    pub member_id: String,
+    /// Static membership (KIP-345).
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<GroupProtocol>,
+    /// KIP-394 (JoinGroup v4+): a first dynamic join gets `MemberIdRequired` and an id.
+    pub require_known_member_id: bool,
+}
+
+/// A member as the group leader sees it in its JoinGroup answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub metadata: Bytes,
+}
+
+/// The answer to a JoinGroup, sent when the rebalance completes (or at once on an error).
+#[derive(Clone, Debug, Default)]
+pub struct JoinGroupOutput {
+    pub error: Option<KernelError>,
+    pub generation_id: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Every member with its metadata for the chosen protocol; only the leader gets them.
+    pub members: Vec<JoinedMember>,
+}
+
+/// Identifies a member in a generation (SyncGroup, Heartbeat, OffsetCommit).
+#[derive(Clone, Debug, Default)]
+pub struct MemberGeneration {
+    pub group_id: String,
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncGroupInput {
+    pub member: MemberGeneration,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    /// The leader's assignment: (member id, opaque assignment); empty from followers.
+    pub assignments: Vec<(String, Bytes)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncGroupOutput {
+    pub error: Option<KernelError>,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+/// A member leaving: by member id, or by group.instance.id for static members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeavingMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+/// A committed position of a group in one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CommitOffsetsInput {
+    /// Generation -1 with an empty member id: a commit from a consumer that assigns itself.
+    pub member: MemberGeneration,
+    pub offsets: Vec<(TopicPartition, CommittedOffset)>,
+}
+
+/// A group as ListGroups shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    /// Kafka's names: Empty, PreparingRebalance, CompletingRebalance, Stable, Dead.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    pub members: Vec<MemberDescription>,
+}
+
+/// Per-item results of a group operation, or one error for the whole group.
+pub type GroupItemResults = Result<Vec<Result<(), KernelError>>, KernelError>;
+
 /// The protocol-agnostic operations of the broker kernel.
 pub trait Kernel {
     /// Memory reserved for one request; released when dropped.
@@ -159,6 +341,10 @@ pub trait Kernel {
     fn max_request_bytes(&self) -> usize;
     /// False once the node is shutting down: connections stop reading new requests.
     fn accepting_requests(&self) -> bool;
+    /// Counts one answered request (for metrics): its frame sizes and how long it took.
+    fn observe_request(&self, api_key: i16, bytes_in: usize, bytes_out: usize, latency_us: u64) {
+        let _ = (api_key, bytes_in, bytes_out, latency_us);
+    }
     /// Waits until `size_bytes` fit in this shard's request memory budget.
     fn reserve_request_bytes(&self, size_bytes: usize)
         -> impl Future<Output = Self::RequestPermit>;
@@ -181,6 +367,15 @@ pub trait Kernel {
         validate_only: bool,
     ) -> impl Future<Output = Result<(), KernelError>>;
     fn describe_topic_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, KernelError>;
+    /// Changes a topic's configs; they take effect on every shard before this resolves.
+    /// `replace_all` (AlterConfigs) resets every config not named to its default.
+    fn alter_topic_configs(
+        &self,
+        name: String,
+        changes: Vec<ConfigChange>,
+        replace_all: bool,
+        validate_only: bool,
+    ) -> impl Future<Output = Result<(), KernelError>>;
     fn describe_broker_configs(&self) -> Vec<ConfigEntry>;
 
     /// Appends every input to its partition (each input is validated: CRC, size, sequence);
@@ -205,6 +400,47 @@ pub trait Kernel {
         partition: TopicPartition,
         timestamp: i64,
     ) -> impl Future<Output = Result<(i64, i64), KernelError>>;
+    /// DeleteRecords: makes each partition start at its offset (`-1`: the high watermark);
+    /// answers the new log start offsets, in input order.
+    fn delete_records(
+        &self,
+        partitions: Vec<(TopicPartition, i64)>,
+    ) -> impl Future<Output = Vec<Result<i64, KernelError>>>;
     /// A new idempotent producer id and epoch, unique across restarts of this node.
     fn init_producer_id(&self) -> impl Future<Output = Result<(i64, i16), KernelError>>;
+
+    /// The node coordinating `group_id` (this node while it runs alone).
+    fn group_coordinator(&self, group_id: &str) -> Result<NodeInfo, KernelError>;
+    /// Joins (or rejoins) a group; resolves when the rebalance completes.
+    fn join_group(&self, input: JoinGroupInput) -> impl Future<Output = JoinGroupOutput>;
+    /// Hands out (leader) or collects (followers) the assignment of a generation.
+    fn sync_group(&self, input: SyncGroupInput) -> impl Future<Output = SyncGroupOutput>;
+    fn heartbeat(&self, member: MemberGeneration) -> impl Future<Output = Result<(), KernelError>>;
+    /// Removes members; one result per member, in input order.
+    fn leave_group(
+        &self,
+        group_id: String,
+        members: Vec<LeavingMember>,
+    ) -> impl Future<Output = GroupItemResults>;
+    /// Stores offsets durably; one result per offset, in input order.
+    fn commit_offsets(&self, input: CommitOffsetsInput) -> impl Future<Output = GroupItemResults>;
+    /// Committed offsets of the partitions asked for (`None`: every partition with one).
+    fn fetch_offsets(
+        &self,
+        group_id: String,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> impl Future<Output = Result<Vec<(TopicPartition, Option<CommittedOffset>)>, KernelError>>;
+    fn list_groups(&self) -> impl Future<Output = Vec<GroupListing>>;
+    fn describe_group(
+        &self,
+        group_id: String,
+    ) -> impl Future<Output = Result<GroupDescription, KernelError>>;
+    /// Deletes an empty group and its committed offsets.
+    fn delete_group(&self, group_id: String) -> impl Future<Output = Result<(), KernelError>>;
+    /// Deletes committed offsets of partitions the group is not consuming.
+    fn delete_offsets(
+        &self,
+        group_id: String,
+        partitions: Vec<TopicPartition>,
+    ) -> impl Future<Output = GroupItemResults>;
 }

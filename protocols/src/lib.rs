@@ -7,3 +7,4 @@
 
 pub mod kafka;
 pub mod kernel;
+pub mod mqtt;

@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -49,7 +50,7 @@ where
     K: Kernel,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let reason = serve_frames(kernel, stream, stats).await;
+    let reason = serve_frames(kernel, stream, &peer.ip().to_string(), stats).await;
     match &reason {
         CloseReason::ClientClosed => debug!(%peer, "kafka connection closed by client"),
         CloseReason::ShuttingDown => debug!(%peer, "kafka connection closed at shutdown"),
@@ -59,7 +60,12 @@ where
     reason
 }
 
-async fn serve_frames<K, S>(kernel: &K, stream: &mut S, stats: &ConnectionStats) -> CloseReason
+async fn serve_frames<K, S>(
+    kernel: &K,
+    stream: &mut S,
+    peer_host: &str,
+    stats: &ConnectionStats,
+) -> CloseReason
 where
     K: Kernel,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -100,10 +106,17 @@ where
         let Some(prefix) = peek_request_prefix(&body) else {
             return CloseReason::BadRequest("request header too short".to_string());
         };
-        let response = match handlers::dispatch(kernel, prefix, body.freeze()).await {
+        let started = Instant::now();
+        let response = match handlers::dispatch(kernel, prefix, body.freeze(), peer_host).await {
             Ok(response) => response,
             Err(DispatchError::Refused(why)) => return CloseReason::BadRequest(why),
         };
+        kernel.observe_request(
+            prefix.api_key,
+            FRAME_SIZE_PREFIX_BYTES + size_bytes,
+            response.as_ref().map_or(0, |frame| frame.len()),
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
         drop(permit);
         if let Some(frame) = response {
             if let Err(e) = stream.write_all(&frame).await {

@@ -22,6 +22,20 @@ pub fn error_code(error: &KernelError) -> i16 {
         KernelError::InvalidRequest(_) => ResponseError::InvalidRequest,
         KernelError::RequestTimedOut => ResponseError::RequestTimedOut,
         KernelError::ShuttingDown => ResponseError::LeaderNotAvailable,
+        KernelError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        KernelError::InvalidGroupId => ResponseError::InvalidGroupId,
+        KernelError::UnknownMemberId => ResponseError::UnknownMemberId,
+        KernelError::MemberIdRequired => ResponseError::MemberIdRequired,
+        KernelError::IllegalGeneration => ResponseError::IllegalGeneration,
+        KernelError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        KernelError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        KernelError::FencedInstanceId => ResponseError::FencedInstanceId,
+        KernelError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
+        KernelError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        KernelError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        KernelError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        KernelError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
+        KernelError::Unsupported(_) => ResponseError::UnsupportedVersion,
     };
     kafka_error.code()
 }
@@ -34,4 +48,9 @@ pub fn result_code<T>(result: &Result<T, KernelError>) -> i16 {
 /// The error message to send with a result, for APIs that carry one.
 pub fn result_message<T>(result: &Result<T, KernelError>) -> Option<String> {
     result.as_ref().err().map(ToString::to_string)
+}
+
+/// The error code of an optional error: 0 for none.
+pub fn option_code(error: Option<&KernelError>) -> i16 {
+    error.map_or(0, error_code)
 }

@@ -84,7 +84,11 @@ async fn read_with_long_poll<K: Kernel>(
             .sum();
         let any_error = outputs.iter().any(|o| o.records.is_err());
         let now = Instant::now();
-        if total_bytes >= min_bytes || any_error || now >= deadline || inputs.is_empty() {
+        // At shutdown the kernel's waits return at once: answer with what we have rather than
+        // polling in a loop that never yields to the executor.
+        let stopping = !kernel.accepting_requests();
+        if total_bytes >= min_bytes || any_error || now >= deadline || inputs.is_empty() || stopping
+        {
             return outputs;
         }
         let remaining_ms = u32::try_from(deadline.duration_since(now).as_millis()).unwrap_or(0);

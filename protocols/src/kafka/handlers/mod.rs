@@ -2,16 +2,32 @@
 //! answered from it), and the dispatcher that decodes a request and calls its handler.
 //! One module per API key.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +67,22 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::InitProducerId, 0, 5),
     api(ApiKey::DescribeConfigs, 1, 4),
     api(ApiKey::CreatePartitions, 0, 3),
+    api(ApiKey::OffsetCommit, 2, 9),
+    api(ApiKey::OffsetFetch, 1, 9),
+    api(ApiKey::FindCoordinator, 0, 6),
+    api(ApiKey::JoinGroup, 0, 9),
+    api(ApiKey::Heartbeat, 0, 4),
+    api(ApiKey::LeaveGroup, 0, 5),
+    api(ApiKey::SyncGroup, 0, 5),
+    api(ApiKey::DescribeGroups, 0, 6),
+    api(ApiKey::ListGroups, 0, 5),
+    api(ApiKey::DeleteGroups, 0, 2),
+    api(ApiKey::OffsetDelete, 0, 0),
+    api(ApiKey::AlterConfigs, 0, 2),
+    api(ApiKey::IncrementalAlterConfigs, 0, 1),
+    api(ApiKey::DescribeCluster, 0, 2),
+    api(ApiKey::DeleteRecords, 0, 2),
+    api(ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The versions we accept for `api_key`, if we serve it at all.
@@ -59,6 +91,13 @@ pub fn supported(api_key: ApiKey) -> Option<ApiSupport> {
         .iter()
         .copied()
         .find(|s| s.api_key == api_key)
+}
+
+/// Who sent a request: the header's client id and the connection's peer host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Client {
+    pub id: String,
+    pub host: String,
 }
 
 /// A request the connection must not answer: it is closed instead, as Kafka does.
@@ -95,6 +134,7 @@ pub async fn dispatch<K: Kernel>(
     kernel: &K,
     prefix: RequestPrefix,
     mut body: Bytes,
+    peer_host: &str,
 ) -> Result<Option<Bytes>, DispatchError> {
     let api_key = ApiKey::try_from(prefix.api_key)
         .map_err(|_| refused(format!("unknown api key {}", prefix.api_key)))?;
@@ -115,8 +155,15 @@ pub async fn dispatch<K: Kernel>(
         )));
     }
     let header_version = api_key.request_header_version(version);
-    RequestHeader::decode(&mut body, header_version)
+    let header = RequestHeader::decode(&mut body, header_version)
         .map_err(|e| refused(format!("malformed request header: {e}")))?;
+    let client = Client {
+        id: header
+            .client_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        host: peer_host.to_string(),
+    };
     match api_key {
         ApiKey::ApiVersions => respond(prefix, &api_versions::handle()),
         ApiKey::Metadata => respond(
@@ -156,6 +203,70 @@ pub async fn dispatch<K: Kernel>(
         ApiKey::DescribeConfigs => respond(
             prefix,
             &describe_configs::handle(kernel, decode(&mut body, prefix)?),
+        ),
+        ApiKey::AlterConfigs => respond(
+            prefix,
+            &alter_configs::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::IncrementalAlterConfigs => respond(
+            prefix,
+            &incremental_alter_configs::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::OffsetForLeaderEpoch => respond(
+            prefix,
+            &offset_for_leader_epoch::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::DeleteRecords => respond(
+            prefix,
+            &delete_records::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::DescribeCluster => respond(
+            prefix,
+            &describe_cluster::handle(kernel, decode(&mut body, prefix)?, version),
+        ),
+        ApiKey::FindCoordinator => respond(
+            prefix,
+            &find_coordinator::handle(kernel, decode(&mut body, prefix)?, version),
+        ),
+        ApiKey::JoinGroup => respond(
+            prefix,
+            &join_group::handle(kernel, decode(&mut body, prefix)?, version, &client).await,
+        ),
+        ApiKey::SyncGroup => respond(
+            prefix,
+            &sync_group::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::Heartbeat => respond(
+            prefix,
+            &heartbeat::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::LeaveGroup => respond(
+            prefix,
+            &leave_group::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::OffsetCommit => respond(
+            prefix,
+            &offset_commit::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::OffsetFetch => respond(
+            prefix,
+            &offset_fetch::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::ListGroups => respond(
+            prefix,
+            &list_groups::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::DescribeGroups => respond(
+            prefix,
+            &describe_groups::handle(kernel, decode(&mut body, prefix)?, version).await,
+        ),
+        ApiKey::DeleteGroups => respond(
+            prefix,
+            &delete_groups::handle(kernel, decode(&mut body, prefix)?).await,
+        ),
+        ApiKey::OffsetDelete => respond(
+            prefix,
+            &offset_delete::handle(kernel, decode(&mut body, prefix)?).await,
         ),
         other => Err(refused(format!("api {other:?} has no handler"))),
     }

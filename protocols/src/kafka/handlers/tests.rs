@@ -6,6 +6,13 @@ use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
+    alter_configs_request::AlterConfigsResource as AlterResource,
+    alter_configs_request::AlterableConfig as AlterConfig,
+    incremental_alter_configs_request::AlterConfigsResource as IncrementalResource,
+    incremental_alter_configs_request::AlterableConfig as IncrementalConfig, AlterConfigsRequest,
+    DescribeClusterRequest, IncrementalAlterConfigsRequest,
+};
+use kafka_protocol::messages::{
     create_partitions_request::CreatePartitionsTopic, create_topics_request::CreatableTopic,
     delete_topics_request::DeleteTopicState, describe_configs_request::DescribeConfigsResource,
     fetch_request::FetchPartition, fetch_request::FetchTopic,
@@ -16,18 +23,56 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
     TopicName,
 };
+use kafka_protocol::messages::{
+    delete_records_request::DeleteRecordsPartition, delete_records_request::DeleteRecordsTopic,
+    DeleteRecordsRequest,
+};
+use kafka_protocol::messages::{
+    join_group_request::JoinGroupRequestProtocol, leave_group_request::MemberIdentity,
+    offset_commit_request::OffsetCommitRequestPartition,
+    offset_commit_request::OffsetCommitRequestTopic,
+    offset_delete_request::OffsetDeleteRequestPartition,
+    offset_delete_request::OffsetDeleteRequestTopic, offset_fetch_request::OffsetFetchRequestGroup,
+    offset_fetch_request::OffsetFetchRequestTopic, offset_fetch_request::OffsetFetchRequestTopics,
+    sync_group_request::SyncGroupRequestAssignment, DeleteGroupsRequest, DescribeGroupsRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
+    SyncGroupRequest,
+};
+use kafka_protocol::messages::{
+    offset_for_leader_epoch_request::OffsetForLeaderPartition,
+    offset_for_leader_epoch_request::OffsetForLeaderTopic, OffsetForLeaderEpochRequest,
+};
 use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes, VersionRange};
 
 use super::{dispatch, DispatchError, SUPPORTED_APIS};
 use crate::kafka::codec::peek_request_prefix;
 use crate::kernel::{
-    Acks, AppendedRange, ConfigEntry, Kernel, KernelError, NodeInfo, ProduceInput, ReadInput,
-    ReadOutput, TopicInfo, TopicPartition, TopicSpec,
+    Acks, AppendedRange, CommitOffsetsInput, CommittedOffset, ConfigChange, ConfigEntry,
+    GroupDescription, GroupItemResults, GroupListing, JoinGroupInput, JoinGroupOutput,
+    JoinedMember, Kernel, KernelError, LeavingMember, MemberDescription, MemberGeneration,
+    NodeInfo, ProduceInput, ReadInput, ReadOutput, SyncGroupInput, SyncGroupOutput, TopicInfo,
+    TopicPartition, TopicSpec,
 };
 
 /// A kernel with one topic, `orders`, of two partitions; appends and reads are canned.
 struct MemoryKernel {
     produced: RefCell<usize>,
+    /// Reads return no records (an idle partition), to exercise the long-poll loop.
+    idle_partitions: bool,
+    stopping: bool,
+    reads: RefCell<usize>,
+}
+
+impl MemoryKernel {
+    fn new() -> MemoryKernel {
+        MemoryKernel {
+            produced: RefCell::new(0),
+            idle_partitions: false,
+            stopping: false,
+            reads: RefCell::new(0),
+        }
+    }
 }
 
 fn orders() -> TopicInfo {
@@ -59,7 +104,7 @@ impl Kernel for MemoryKernel {
         1 << 20
     }
     fn accepting_requests(&self) -> bool {
-        true
+        !self.stopping
     }
     async fn reserve_request_bytes(&self, _size_bytes: usize) {}
     fn topics(&self) -> Vec<TopicInfo> {
@@ -95,6 +140,18 @@ impl Kernel for MemoryKernel {
     fn describe_broker_configs(&self) -> Vec<ConfigEntry> {
         Vec::new()
     }
+    async fn alter_topic_configs(
+        &self,
+        _name: String,
+        changes: Vec<ConfigChange>,
+        _replace_all: bool,
+        _validate_only: bool,
+    ) -> Result<(), KernelError> {
+        match changes.first() {
+            Some(ConfigChange::Set { .. }) => Ok(()),
+            _ => Err(KernelError::InvalidConfig("no change".to_string())),
+        }
+    }
     async fn produce(
         &self,
         _acks: Acks,
@@ -114,10 +171,16 @@ impl Kernel for MemoryKernel {
             .collect()
     }
     async fn read(&self, inputs: Vec<ReadInput>) -> Vec<ReadOutput> {
+        *self.reads.borrow_mut() += 1;
+        let records = if self.idle_partitions {
+            Bytes::new()
+        } else {
+            Bytes::from_static(b"batch")
+        };
         inputs
             .iter()
             .map(|_| ReadOutput {
-                records: Ok(Bytes::from_static(b"batch")),
+                records: Ok(records.clone()),
                 high_watermark: 6,
                 log_start_offset: 0,
             })
@@ -130,6 +193,259 @@ impl Kernel for MemoryKernel {
     async fn init_producer_id(&self) -> Result<(i64, i16), KernelError> {
         Ok((1, 0))
     }
+    async fn delete_records(
+        &self,
+        partitions: Vec<(TopicPartition, i64)>,
+    ) -> Vec<Result<i64, KernelError>> {
+        partitions.iter().map(|(_, offset)| Ok(*offset)).collect()
+    }
+    fn group_coordinator(&self, _group_id: &str) -> Result<NodeInfo, KernelError> {
+        Ok(self.node())
+    }
+    async fn join_group(&self, input: JoinGroupInput) -> JoinGroupOutput {
+        // Every field a join answer can carry is set, so version gating is exercised.
+        JoinGroupOutput {
+            error: None,
+            generation_id: 1,
+            protocol_type: Some(input.protocol_type),
+            protocol_name: input.protocols.first().map(|p| p.name.clone()),
+            leader: "m-1".to_string(),
+            member_id: "m-1".to_string(),
+            members: vec![JoinedMember {
+                member_id: "m-1".to_string(),
+                group_instance_id: Some("i-1".to_string()),
+                metadata: Bytes::from_static(b"meta"),
+            }],
+        }
+    }
+    async fn sync_group(&self, input: SyncGroupInput) -> SyncGroupOutput {
+        SyncGroupOutput {
+            error: None,
+            protocol_type: Some("consumer".to_string()),
+            protocol_name: Some("range".to_string()),
+            assignment: input
+                .assignments
+                .first()
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default(),
+        }
+    }
+    async fn heartbeat(&self, _member: MemberGeneration) -> Result<(), KernelError> {
+        Err(KernelError::RebalanceInProgress)
+    }
+    async fn leave_group(
+        &self,
+        _group_id: String,
+        members: Vec<LeavingMember>,
+    ) -> GroupItemResults {
+        Ok(members
+            .iter()
+            .map(|_| Err(KernelError::UnknownMemberId))
+            .collect())
+    }
+    async fn commit_offsets(&self, input: CommitOffsetsInput) -> GroupItemResults {
+        Ok(input.offsets.iter().map(|_| Ok(())).collect())
+    }
+    async fn fetch_offsets(
+        &self,
+        _group_id: String,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, KernelError> {
+        let committed = CommittedOffset {
+            offset: 3,
+            leader_epoch: 0,
+            metadata: Some("m".to_string()),
+        };
+        Ok(partitions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p, Some(committed.clone())))
+            .collect())
+    }
+    async fn list_groups(&self) -> Vec<GroupListing> {
+        vec![GroupListing {
+            group_id: "g".to_string(),
+            protocol_type: "consumer".to_string(),
+            state: "Stable".to_string(),
+        }]
+    }
+    async fn describe_group(&self, group_id: String) -> Result<GroupDescription, KernelError> {
+        Ok(GroupDescription {
+            group_id,
+            state: "Stable".to_string(),
+            protocol_type: "consumer".to_string(),
+            protocol_name: "range".to_string(),
+            members: vec![MemberDescription {
+                member_id: "m-1".to_string(),
+                group_instance_id: Some("i-1".to_string()),
+                client_id: "c".to_string(),
+                client_host: "127.0.0.1".to_string(),
+                metadata: Bytes::from_static(b"meta"),
+                assignment: Bytes::from_static(b"assignment"),
+            }],
+        })
+    }
+    async fn delete_group(&self, _group_id: String) -> Result<(), KernelError> {
+        Err(KernelError::NonEmptyGroup)
+    }
+    async fn delete_offsets(
+        &self,
+        _group_id: String,
+        partitions: Vec<TopicPartition>,
+    ) -> GroupItemResults {
+        Ok(partitions.iter().map(|_| Ok(())).collect())
+    }
+}
+
+fn group_id() -> GroupId {
+    GroupId(StrBytes::from_static_str("g"))
+}
+
+fn group_request_frame(api_key: ApiKey, version: i16) -> Option<Bytes> {
+    let body = match api_key {
+        ApiKey::FindCoordinator => {
+            let mut request = FindCoordinatorRequest::default();
+            if version >= 4 {
+                request.coordinator_keys = vec![StrBytes::from_static_str("g")];
+            } else {
+                request.key = StrBytes::from_static_str("g");
+            }
+            frame(api_key, version, &request)
+        }
+        ApiKey::JoinGroup => {
+            let mut protocol = JoinGroupRequestProtocol::default();
+            protocol.name = StrBytes::from_static_str("range");
+            protocol.metadata = Bytes::from_static(b"meta");
+            let mut request = JoinGroupRequest::default();
+            request.group_id = group_id();
+            request.session_timeout_ms = 10_000;
+            request.protocol_type = StrBytes::from_static_str("consumer");
+            request.protocols = vec![protocol];
+            frame(api_key, version, &request)
+        }
+        ApiKey::SyncGroup => {
+            let mut assignment = SyncGroupRequestAssignment::default();
+            assignment.member_id = StrBytes::from_static_str("m-1");
+            assignment.assignment = Bytes::from_static(b"assignment");
+            let mut request = SyncGroupRequest::default();
+            request.group_id = group_id();
+            request.assignments = vec![assignment];
+            frame(api_key, version, &request)
+        }
+        ApiKey::Heartbeat => {
+            let mut request = HeartbeatRequest::default();
+            request.group_id = group_id();
+            frame(api_key, version, &request)
+        }
+        ApiKey::LeaveGroup => {
+            let mut request = LeaveGroupRequest::default();
+            request.group_id = group_id();
+            if version >= 3 {
+                let mut member = MemberIdentity::default();
+                member.member_id = StrBytes::from_static_str("m-1");
+                request.members = vec![member];
+            } else {
+                request.member_id = StrBytes::from_static_str("m-1");
+            }
+            frame(api_key, version, &request)
+        }
+        ApiKey::OffsetCommit => {
+            let mut partition = OffsetCommitRequestPartition::default();
+            partition.committed_offset = 3;
+            partition.committed_metadata = Some(StrBytes::from_static_str("m"));
+            let mut topic = OffsetCommitRequestTopic::default();
+            topic.name = topic_name();
+            topic.partitions = vec![partition];
+            let mut request = OffsetCommitRequest::default();
+            request.group_id = group_id();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::OffsetFetch => {
+            let mut request = OffsetFetchRequest::default();
+            if version >= 8 {
+                let mut topic = OffsetFetchRequestTopics::default();
+                topic.name = topic_name();
+                topic.partition_indexes = vec![0, 1];
+                let mut group = OffsetFetchRequestGroup::default();
+                group.group_id = group_id();
+                group.topics = Some(vec![topic]);
+                request.groups = vec![group];
+            } else {
+                let mut topic = OffsetFetchRequestTopic::default();
+                topic.name = topic_name();
+                topic.partition_indexes = vec![0, 1];
+                request.group_id = group_id();
+                request.topics = Some(vec![topic]);
+            }
+            frame(api_key, version, &request)
+        }
+        ApiKey::DescribeGroups => {
+            let mut request = DescribeGroupsRequest::default();
+            request.groups = vec![group_id()];
+            frame(api_key, version, &request)
+        }
+        ApiKey::ListGroups => frame(api_key, version, &ListGroupsRequest::default()),
+        ApiKey::DeleteGroups => {
+            let mut request = DeleteGroupsRequest::default();
+            request.groups_names = vec![group_id()];
+            frame(api_key, version, &request)
+        }
+        ApiKey::AlterConfigs => {
+            let mut config = AlterConfig::default();
+            config.name = StrBytes::from_static_str("retention.ms");
+            config.value = Some(StrBytes::from_static_str("1000"));
+            let mut resource = AlterResource::default();
+            resource.resource_type = 2;
+            resource.resource_name = StrBytes::from_static_str("orders");
+            resource.configs = vec![config];
+            let mut request = AlterConfigsRequest::default();
+            request.resources = vec![resource];
+            frame(api_key, version, &request)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let mut config = IncrementalConfig::default();
+            config.name = StrBytes::from_static_str("retention.ms");
+            config.value = Some(StrBytes::from_static_str("1000"));
+            let mut resource = IncrementalResource::default();
+            resource.resource_type = 2;
+            resource.resource_name = StrBytes::from_static_str("orders");
+            resource.configs = vec![config];
+            let mut request = IncrementalAlterConfigsRequest::default();
+            request.resources = vec![resource];
+            frame(api_key, version, &request)
+        }
+        ApiKey::DescribeCluster => frame(api_key, version, &DescribeClusterRequest::default()),
+        ApiKey::OffsetForLeaderEpoch => {
+            let mut topic = OffsetForLeaderTopic::default();
+            topic.topic = topic_name();
+            topic.partitions = vec![OffsetForLeaderPartition::default()];
+            let mut request = OffsetForLeaderEpochRequest::default();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::DeleteRecords => {
+            let mut partition = DeleteRecordsPartition::default();
+            partition.offset = 4;
+            let mut topic = DeleteRecordsTopic::default();
+            topic.name = topic_name();
+            topic.partitions = vec![partition];
+            let mut request = DeleteRecordsRequest::default();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        ApiKey::OffsetDelete => {
+            let mut topic = OffsetDeleteRequestTopic::default();
+            topic.name = topic_name();
+            topic.partitions = vec![OffsetDeleteRequestPartition::default()];
+            let mut request = OffsetDeleteRequest::default();
+            request.group_id = group_id();
+            request.topics = vec![topic];
+            frame(api_key, version, &request)
+        }
+        _ => return None,
+    };
+    Some(body)
 }
 
 fn topic_name() -> TopicName {
@@ -224,16 +540,44 @@ fn request_frame(api_key: ApiKey, version: i16) -> Bytes {
             request.resources = vec![resource];
             frame(api_key, version, &request)
         }
-        other => panic!("no request builder for registered api {other:?}"),
+        other => group_request_frame(other, version)
+            .unwrap_or_else(|| panic!("no request builder for registered api {other:?}")),
     }
 }
 
 fn run(body: Bytes) -> Result<Option<Bytes>, DispatchError> {
-    let kernel = MemoryKernel {
-        produced: RefCell::new(0),
-    };
+    run_on(&MemoryKernel::new(), body)
+}
+
+fn run_on(kernel: &MemoryKernel, body: Bytes) -> Result<Option<Bytes>, DispatchError> {
     let prefix = peek_request_prefix(&body).expect("prefix");
-    futures_lite::future::block_on(dispatch(&kernel, prefix, body))
+    futures_lite::future::block_on(dispatch(kernel, prefix, body, "127.0.0.1"))
+}
+
+#[test]
+fn long_poll_fetch_answers_at_once_when_the_kernel_is_stopping() {
+    // The kernel's waits return immediately at shutdown; the handler must not poll in a loop
+    // (on a shard executor that loop never yields and the shard cannot stop).
+    let kernel = MemoryKernel {
+        idle_partitions: true,
+        stopping: true,
+        ..MemoryKernel::new()
+    };
+    let mut topic = FetchTopic::default();
+    topic.topic = topic_name();
+    topic.partitions = vec![FetchPartition::default()];
+    let mut request = FetchRequest::default();
+    request.topics = vec![topic];
+    request.max_bytes = 1 << 20;
+    request.min_bytes = 1;
+    request.max_wait_ms = 30_000;
+    let response = run_on(&kernel, frame(ApiKey::Fetch, 12, &request)).expect("answered");
+    assert!(response.is_some());
+    assert_eq!(
+        *kernel.reads.borrow(),
+        1,
+        "fetch polled again after shutdown began"
+    );
 }
 
 #[test]
@@ -299,6 +643,22 @@ fn codec_range(api_key: ApiKey) -> VersionRange {
         ApiKey::CreatePartitions => CreatePartitionsRequest::VERSIONS,
         ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
         ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
+        ApiKey::FindCoordinator => FindCoordinatorRequest::VERSIONS,
+        ApiKey::JoinGroup => JoinGroupRequest::VERSIONS,
+        ApiKey::SyncGroup => SyncGroupRequest::VERSIONS,
+        ApiKey::Heartbeat => HeartbeatRequest::VERSIONS,
+        ApiKey::LeaveGroup => LeaveGroupRequest::VERSIONS,
+        ApiKey::OffsetCommit => OffsetCommitRequest::VERSIONS,
+        ApiKey::OffsetFetch => OffsetFetchRequest::VERSIONS,
+        ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
+        ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
+        ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
+        ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
+        ApiKey::AlterConfigs => AlterConfigsRequest::VERSIONS,
+        ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
+        ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
+        ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
+        ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::VERSIONS,
         other => panic!("no codec range for registered api {other:?}"),
     }
 }

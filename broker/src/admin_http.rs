@@ -1,0 +1,129 @@
+//! The admin HTTP endpoint (`--admin-addr`, default 0.0.0.0:9644): `/metrics` (Prometheus
+//! text), `/v1/health`, `/v1/topics`, `/v1/groups`.
+//!
+//! Concurrency contract: it runs on its own OS thread (the control plane need not be
+//! thread-per-core) and never touches shard state: metrics are read from the shards' atomics,
+//! and topics and groups are asked of the node itself over its Kafka listener, like any
+//! client. The data path pays nothing for it but relaxed atomic adds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kafka_protocol::messages::{ApiKey, ListGroupsRequest};
+use serde_json::json;
+use tiny_http::{Header, Response, Server};
+use tracing::{info, warn};
+
+use crate::cli::client::{check, Client};
+use crate::cli::topic::metadata;
+use crate::metrics::{self, ShardMetrics};
+
+const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4";
+const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Binds `addr` and serves it on a new thread; returns the bound address.
+pub fn start(
+    addr: SocketAddr,
+    kafka_addr: SocketAddr,
+    shards: Vec<Arc<ShardMetrics>>,
+) -> anyhow::Result<SocketAddr> {
+    let server = Server::http(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .context("admin listener has no IP address")?;
+    let kafka = if kafka_addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], kafka_addr.port()))
+    } else {
+        kafka_addr
+    };
+    std::thread::Builder::new()
+        .name("rmq-admin-http".to_string())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, content_type, body) = route(request.url(), kafka, &shards);
+                let mut response = Response::from_string(body).with_status_code(status);
+                if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
+                    response = response.with_header(header);
+                }
+                if let Err(e) = request.respond(response) {
+                    warn!(error = %e, "admin http response failed");
+                }
+            }
+        })
+        .context("cannot start the admin http thread")?;
+    info!(%bound, "admin http listening");
+    Ok(bound)
+}
+
+fn api_name(key: i16) -> String {
+    ApiKey::try_from(key).map_or_else(|_| key.to_string(), |api| format!("{api:?}"))
+}
+
+fn route(
+    url: &str,
+    kafka: SocketAddr,
+    shards: &[Arc<ShardMetrics>],
+) -> (u16, &'static str, String) {
+    let path = url.split('?').next().unwrap_or("");
+    let answer = match path {
+        "/metrics" => {
+            return (
+                200,
+                CONTENT_TYPE_PROMETHEUS,
+                metrics::render(shards, api_name),
+            )
+        }
+        "/v1/health" => Ok(json!({"status": "ok"})),
+        "/v1/topics" => topics(kafka),
+        "/v1/groups" => groups(kafka),
+        _ => {
+            return (
+                404,
+                CONTENT_TYPE_JSON,
+                json!({"error": "not found"}).to_string(),
+            )
+        }
+    };
+    match answer {
+        Ok(value) => (200, CONTENT_TYPE_JSON, value.to_string()),
+        Err(e) => (
+            503,
+            CONTENT_TYPE_JSON,
+            json!({"error": format!("{e:#}")}).to_string(),
+        ),
+    }
+}
+
+fn topics(kafka: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let mut client = Client::connect(&kafka.to_string())?;
+    let response = metadata(&mut client, None)?;
+    let topics: Vec<serde_json::Value> = response
+        .topics
+        .iter()
+        .filter_map(|t| {
+            let name = t.name.as_ref()?.0.to_string();
+            Some(json!({"name": name, "partitions": t.partitions.len(), "internal": t.is_internal}))
+        })
+        .collect();
+    Ok(json!(topics))
+}
+
+fn groups(kafka: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let mut client = Client::connect(&kafka.to_string())?;
+    let response = client.send(4, &ListGroupsRequest::default())?;
+    check(response.error_code, "list groups")?;
+    let groups: Vec<serde_json::Value> = response
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "group": g.group_id.0.as_str(),
+                "state": g.group_state.as_str(),
+                "protocol_type": g.protocol_type.as_str(),
+            })
+        })
+        .collect();
+    Ok(json!(groups))
+}

@@ -1,0 +1,85 @@
+//! MQTT on the shards: each shard runs one `MqttShard` (the protocol crate's per-shard MQTT
+//! state) and an accept loop on the shared MQTT port. Cross-shard MQTT work travels as
+//! `ShardOp::Mqtt(MqttOp)` on the same bounded mesh as everything else; `handle_op` hands it to
+//! this shard's `MqttShard`, synchronously, so ops from one peer apply in the order sent.
+//!
+//! Concurrency contract: the `MqttShard` of a shard lives in a thread-local of its executor
+//! thread (one executor per thread), created on first use — by the listener at startup or by
+//! an early mesh op from a shard that started serving first.
+
+pub mod listener;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rmq_protocols::mqtt::{MeshClosed, MqttKernel, MqttShard, ShardMessage};
+
+use crate::shard::{now_ms, Shard, ShardId, ShardOp};
+
+/// An MQTT op from another shard.
+pub type MqttOp = ShardMessage;
+
+/// `MqttKernel` over a glommio shard and its mesh.
+pub struct BrokerMqttKernel {
+    shard: Rc<Shard>,
+}
+
+impl MqttKernel for BrokerMqttKernel {
+    fn shard_id(&self) -> u16 {
+        self.shard.id.0
+    }
+
+    fn shard_count(&self) -> u16 {
+        // The config caps cores at u16::MAX.
+        u16::try_from(self.shard.shard_count).unwrap_or(u16::MAX)
+    }
+
+    async fn send(&self, to: u16, message: ShardMessage) -> Result<(), MeshClosed> {
+        self.shard
+            .send(ShardId(to), ShardOp::Mqtt(message))
+            .await
+            .map_err(|_| MeshClosed)
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
+        glommio::spawn_local(task).detach();
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + 'static {
+        glommio::timer::sleep(duration)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(now_ms()).unwrap_or(0)
+    }
+
+    fn accepting(&self) -> bool {
+        !self.shard.is_stopping()
+    }
+}
+
+pub type Engine = MqttShard<BrokerMqttKernel>;
+
+thread_local! {
+    static ENGINE: RefCell<Option<Rc<Engine>>> = const { RefCell::new(None) };
+}
+
+/// This shard's MQTT state (created on first use).
+pub fn engine(shard: &Rc<Shard>) -> Rc<Engine> {
+    if let Some(engine) = ENGINE.with(|slot| slot.borrow().clone()) {
+        return engine;
+    }
+    let engine = MqttShard::new(BrokerMqttKernel {
+        shard: shard.clone(),
+    });
+    ENGINE.with(|slot| *slot.borrow_mut() = Some(engine.clone()));
+    engine
+}
+
+/// Serves an MQTT op another shard sent to this one.
+pub fn handle_op(shard: &Rc<Shard>, op: MqttOp) {
+    engine(shard).handle_message(op);
+}

@@ -1,0 +1,83 @@
+//! Every limit of the MQTT protocol layer, named once, with the arithmetic behind it.
+
+/// Largest MQTT packet we accept (and advertise to v5 clients as Maximum Packet Size): 1 MiB.
+/// A connection's read buffer never holds more than one such packet plus one read chunk.
+pub const MAX_PACKET_SIZE_BYTES: usize = 1024 * 1024;
+
+/// Bytes asked of the socket per read. Small packets arrive in batches of this size.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Outbound bytes waiting for one slow subscriber before QoS 0 messages to it are dropped and
+/// QoS 1/2 messages wait in its session queue instead: 4 MiB x 10,000 connections per shard
+/// would be 40 GiB, so this bounds a burst, not a steady state; the session queue bounds the rest.
+pub const OUTBOX_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Open MQTT connections per shard; more are accepted and closed at once (logged).
+pub const MAX_CONNECTIONS_PER_SHARD: usize = 100_000;
+
+/// Sessions (online and offline) per shard. Each costs its subscriptions and queue, bounded
+/// below; 200,000 x ~1 KiB of idle state stays near 200 MiB per shard.
+pub const MAX_SESSIONS_PER_SHARD: usize = 200_000;
+
+/// Subscriptions of one session (SUBSCRIBE beyond it gets 0x97 quota exceeded / 0x80).
+pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1_000;
+
+/// QoS 1/2 messages queued for one session while it is offline or its in-flight window is full.
+/// Past it the newest message is dropped (and counted), as Mosquitto's `max_queued_messages`
+/// does: 10,000 x 1 KiB typical payload = 10 MiB per session at worst.
+pub const MAX_QUEUED_MESSAGES_PER_SESSION: usize = 10_000;
+
+/// Outbound QoS 1/2 messages awaiting acknowledgement per session, whatever Receive Maximum
+/// the client announces (v5) — 3.1/3.1.1 clients get this window.
+pub const MAX_INFLIGHT_PER_SESSION: usize = 1_024;
+
+/// Our Receive Maximum (v5 CONNACK): inbound QoS 2 messages a client may have awaiting PUBREL.
+/// A v5 client that exceeds it is disconnected with 0x93; 3.1/3.1.1 clients are closed.
+pub const SERVER_RECEIVE_MAXIMUM: u16 = 1_024;
+
+/// Topic aliases a v5 client may use towards us (CONNACK Topic Alias Maximum).
+pub const SERVER_TOPIC_ALIAS_MAXIMUM: u16 = 64;
+
+/// Longest keep-alive we grant (v5 Server Keep Alive when a client asks more or asks 0): 18 h,
+/// Mosquitto's `max_keepalive` ceiling is 65,535 s; we stay within it.
+pub const MAX_KEEP_ALIVE_S: u16 = 65_535;
+
+/// How long a new connection may take to send CONNECT before it is closed.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// Topic name and filter length limit (the MQTT string limit is 65,535 bytes; deep trees
+/// stay cheap to match): 4 KiB.
+pub const MAX_TOPIC_BYTES: usize = 4 * 1024;
+
+/// Topic levels in one name or filter (bounds the trie walk per publish).
+pub const MAX_TOPIC_LEVELS: usize = 64;
+
+/// Retained messages kept by the retained store (one topic each); past it a new retained topic
+/// is not stored (logged). 1,000,000 x ~200 bytes of typical retained state is ~200 MiB.
+pub const MAX_RETAINED_MESSAGES: usize = 1_000_000;
+
+/// Client identifiers are at most this long (the 3.1 limit is 23; 3.1.1 allows more).
+pub const MAX_CLIENT_ID_BYTES: usize = 256;
+
+/// A message id seen during a cross-shard session move is remembered this long, so a copy that
+/// arrives by the direct route after the forwarded copy (or the reverse) is dropped. Mesh hops
+/// take tens of microseconds; 5 s is a wide margin.
+pub const MIGRATION_DEDUP_WINDOW_MS: u64 = 5_000;
+
+/// Message ids remembered per session for that de-duplication (bounded like its queue).
+pub const MAX_DEDUP_IDS_PER_SESSION: usize = MAX_QUEUED_MESSAGES_PER_SESSION;
+
+/// v5 session expiry interval that means "never expires" (also used for 3.1.1 clean
+/// session 0, which has no expiry).
+pub const SESSION_NEVER_EXPIRES_S: u32 = u32::MAX;
+
+/// Largest session expiry we honour before treating it as never: ~136 years is u32::MAX s.
+/// (Kept explicit so timers never overflow: u32::MAX s x 1000 fits in u64.)
+pub const MAX_SESSION_EXPIRY_MS: u64 = u32::MAX as u64 * 1_000;
+
+/// How often `$SYS/broker/...` statistics are published.
+pub const SYS_INTERVAL_MS: u64 = 10_000;
+
+const _: () = assert!(MAX_INFLIGHT_PER_SESSION <= u16::MAX as usize);
+const _: () = assert!(MAX_PACKET_SIZE_BYTES <= 268_435_455);
+const _: () = assert!(OUTBOX_MAX_BYTES >= MAX_PACKET_SIZE_BYTES);

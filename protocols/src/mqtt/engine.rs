@@ -1,0 +1,1069 @@
+//! The MQTT state of one shard and the protocol between shards.
+//!
+//! Each connection lives on the shard that accepted it, and so does its session. A shard keeps:
+//! - `local`: a topic-filter trie of this shard's sessions' subscriptions (filter -> client).
+//! - `interest`: a trie of which shards have at least one subscriber per filter, identical on
+//!   every shard. Only shard S changes S's entries (single writer): when a filter's local
+//!   subscriber count goes 0 -> 1 or 1 -> 0, S applies the change to its own copy and
+//!   broadcasts it with a per-origin sequence number through one broadcaster task, so every
+//!   peer sees S's changes in S's order (asserted). A SUBACK is sent only after every shard has
+//!   applied the change, so a publish anywhere after the SUBACK reaches the new subscriber.
+//! - a PUBLISH is matched against `interest` on the publisher's shard and handed once to each
+//!   shard with matching subscribers (one mesh hop per shard, the message shared by `Arc`);
+//!   each shard matches its `local` trie and encodes into its connections' outboxes.
+//! - `registry`: client id -> shard of its session, for the client ids hashed to this shard
+//!   (single writer per client id). CONNECT claims the id there; if the session is on another
+//!   shard, that shard closes the old connection (v5 0x8E) and hands the session over (it is
+//!   `Send`), and the new shard installs its subscriptions. Known gap: a publish routed
+//!   after the old shard dropped the subscriptions and before every shard has applied the new
+//!   shard's interest is not delivered to that session (unless the new shard already routed
+//!   the filter for another client). A copy that reaches the session twice during the move
+//!   (in the handed-over queue and again directly) is dropped by message id for
+//!   `MIGRATION_DEDUP_WINDOW_MS`. Closing the gap needs the old shard to forward until the new
+//!   shard's interest is acknowledged.
+//! - `retained`: the retained store, used on shard 0 only (see `retained`).
+//!
+//! Concurrency contract: one thread; `state` is borrowed only in synchronous sections, never
+//! across an await.
+
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tracing::{debug, warn};
+
+use super::codec::{self, ProtocolLevel, Will};
+use super::constants::{
+    MAX_SESSIONS_PER_SHARD, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_NEVER_EXPIRES_S,
+    SYS_INTERVAL_MS,
+};
+use super::kernel::{MeshClosed, MqttKernel};
+use super::message::{Message, SharedMessage};
+use super::retained::{RetainOutcome, RetainedStore};
+use super::session::{DeliverOutcome, LinkOut, Outgoing, Session, Subscription};
+use super::trie::SubscriptionTrie;
+
+/// Interest changes waiting for the broadcaster; past it SUBSCRIBE answers "quota exceeded".
+/// Each is one filter's first subscriber or last unsubscribe on this shard, so 65,536 queued
+/// changes is a burst far beyond what clients can issue per mesh round trip.
+const INTEREST_QUEUE_CAPACITY: usize = 65_536;
+
+/// Work one shard asks of another (`Send`; payloads shared, never copied).
+pub enum ShardMessage {
+    /// Shard `origin` gained (`present`) or lost its last subscriber of `filter`.
+    Interest {
+        origin: u16,
+        seq: u64,
+        filter: String,
+        present: bool,
+        ack: flume::Sender<()>,
+    },
+    /// A publish for this shard's matching subscribers.
+    Deliver { message: SharedMessage },
+    /// Registry: `client_id` now has its session on `shard`; answers the previous shard.
+    Claim {
+        client_id: String,
+        shard: u16,
+        reply: flume::Sender<Option<u16>>,
+    },
+    /// Registry: the session of `client_id` on `shard` ended.
+    Release { client_id: String, shard: u16 },
+    /// Close `client_id`'s connection here and hand its session over (`None` if there is none
+    /// or `clean_start` discards it).
+    Takeover {
+        client_id: String,
+        clean_start: bool,
+        reply: flume::Sender<Option<Session>>,
+    },
+    /// Retained store (shard 0): store or delete.
+    Retain {
+        message: SharedMessage,
+        ack: flume::Sender<()>,
+    },
+    /// Retained store (shard 0): messages matching `filter`.
+    RetainedMatching {
+        filter: String,
+        reply: flume::Sender<Vec<SharedMessage>>,
+    },
+    /// This shard's counters, for the node totals in `$SYS`.
+    Stats { reply: flume::Sender<StatsSnapshot> },
+}
+
+/// A single-threaded wake-up flag: `notify` before or during `notified().await` both count.
+#[derive(Default)]
+pub struct Notify {
+    notified: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.notified.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.notified.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// The outbound side of one connection: bytes waiting for its writer. Sessions encode into it
+/// from any task of the shard; the connection's writer drains it.
+pub struct Link {
+    pub level: ProtocolLevel,
+    pub max_packet_size: usize,
+    pub window: usize,
+    outbox: RefCell<BytesMut>,
+    pub notify: Notify,
+    /// Set when the server closes the connection (takeover, shutdown, protocol error).
+    closing: Cell<bool>,
+}
+
+impl Link {
+    pub fn new(level: ProtocolLevel, max_packet_size: usize, window: usize) -> Link {
+        Link {
+            level,
+            max_packet_size,
+            window,
+            outbox: RefCell::new(BytesMut::new()),
+            notify: Notify::default(),
+            closing: Cell::new(false),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Runs `f` with the outbox; wakes the writer if bytes were added.
+    pub fn with_out<R>(&self, f: impl FnOnce(&mut LinkOut<'_>) -> R) -> R {
+        let mut buffer = self.outbox.borrow_mut();
+        let before = buffer.len();
+        let has_room = before < OUTBOX_MAX_BYTES;
+        let mut out = LinkOut {
+            level: self.level,
+            max_packet_size: self.max_packet_size,
+            window: self.window,
+            buffer: &mut buffer,
+            has_room,
+        };
+        let result = f(&mut out);
+        if buffer.len() != before {
+            self.notify.notify();
+        }
+        result
+    }
+
+    /// Appends raw packet bytes (acks, CONNACK) and wakes the writer.
+    pub fn write(&self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.outbox.borrow_mut());
+        self.notify.notify();
+    }
+
+    /// Everything written so far, leaving the outbox empty.
+    pub fn take_outbox(&self) -> BytesMut {
+        self.outbox.borrow_mut().split()
+    }
+
+    /// Server-side close: a v5 client gets DISCONNECT with `reason` first.
+    pub fn close(&self, reason: u8) {
+        if self.closing.replace(true) {
+            return;
+        }
+        if self.level.is_v5() {
+            codec::encode_disconnect(&mut self.outbox.borrow_mut(), reason);
+        }
+        self.notify.notify();
+    }
+}
+
+struct SessionEntry {
+    session: Session,
+    link: Option<Rc<Link>>,
+    generation: u64,
+    /// A will waiting for its delay (v5), published unless the client reconnects first.
+    pending_will: Option<Will>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<Rc<str>, SessionEntry>,
+    local: SubscriptionTrie<Rc<str>, Subscription>,
+    interest: SubscriptionTrie<u16, ()>,
+    interest_seq_in: Vec<u64>,
+    registry: HashMap<String, u16>,
+    retained: RetainedStore,
+}
+
+struct InterestChange {
+    seq: u64,
+    filter: String,
+    present: bool,
+    done: Option<flume::Sender<()>>,
+}
+
+/// Counters for `$SYS` and metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub connections: Cell<u64>,
+    pub messages_received: Cell<u64>,
+    pub messages_sent: Cell<u64>,
+    pub bytes_received: Cell<u64>,
+    pub bytes_sent: Cell<u64>,
+}
+
+/// The counters of one shard, or their sum over the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connections: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+impl StatsSnapshot {
+    fn add(&mut self, other: &StatsSnapshot) {
+        self.connections += other.connections;
+        self.messages_received += other.messages_received;
+        self.messages_sent += other.messages_sent;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+    }
+}
+
+fn bump(cell: &Cell<u64>, by: u64) {
+    cell.set(cell.get().wrapping_add(by));
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            connections: self.connections.get(),
+            messages_received: self.messages_received.get(),
+            messages_sent: self.messages_sent.get(),
+            bytes_received: self.bytes_received.get(),
+            bytes_sent: self.bytes_sent.get(),
+        }
+    }
+
+    pub fn add_received(&self, bytes: usize) {
+        bump(&self.bytes_received, bytes as u64);
+    }
+    pub fn add_sent(&self, bytes: usize) {
+        bump(&self.bytes_sent, bytes as u64);
+    }
+}
+
+/// What `connect` found.
+pub struct Connected {
+    pub session_present: bool,
+    pub generation: u64,
+}
+
+/// The MQTT state of one shard.
+pub struct MqttShard<K: MqttKernel> {
+    pub kernel: K,
+    state: RefCell<State>,
+    interest_seq_out: Cell<u64>,
+    interest_queue: flume::Sender<InterestChange>,
+    next_message: Cell<u64>,
+    next_generation: Cell<u64>,
+    pub stats: Stats,
+}
+
+/// The shard that owns `client_id` in the registry.
+pub fn registry_shard(client_id: &str, shard_count: u16) -> u16 {
+    let mut hasher = DefaultHasher::new();
+    client_id.hash(&mut hasher);
+    (hasher.finish() % u64::from(shard_count.max(1))) as u16
+}
+
+impl<K: MqttKernel> MqttShard<K> {
+    pub fn new(kernel: K) -> Rc<MqttShard<K>> {
+        let (sender, receiver) = flume::bounded(INTEREST_QUEUE_CAPACITY);
+        let shard_count = usize::from(kernel.shard_count());
+        let shard = Rc::new(MqttShard {
+            kernel,
+            state: RefCell::new(State {
+                interest_seq_in: vec![0; shard_count],
+                ..State::default()
+            }),
+            interest_seq_out: Cell::new(0),
+            interest_queue: sender,
+            next_message: Cell::new(0),
+            next_generation: Cell::new(0),
+            stats: Stats::default(),
+        });
+        let broadcaster = shard.clone();
+        shard.kernel.spawn(Box::pin(async move {
+            broadcaster.broadcast_interest(receiver).await
+        }));
+        shard
+    }
+
+    pub fn shard_id(&self) -> u16 {
+        self.kernel.shard_id()
+    }
+
+    /// A node-unique message id.
+    pub fn next_message_id(&self) -> u64 {
+        let counter = self.next_message.get().wrapping_add(1) & ((1 << 48) - 1);
+        self.next_message.set(counter);
+        (u64::from(self.shard_id()) << 48) | counter
+    }
+
+    fn peers(&self) -> impl Iterator<Item = u16> + '_ {
+        let me = self.shard_id();
+        (0..self.kernel.shard_count()).filter(move |s| *s != me)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.state.borrow().sessions.len()
+    }
+
+    // ------------------------------------------------------------ interest broadcast
+
+    /// The one task that sends this shard's interest changes, in sequence order.
+    async fn broadcast_interest(self: Rc<Self>, changes: flume::Receiver<InterestChange>) {
+        let peers: Vec<u16> = self.peers().collect();
+        while let Ok(change) = changes.recv_async().await {
+            let (ack, acks) = flume::bounded(peers.len().max(1));
+            let mut sent = 0;
+            for peer in &peers {
+                let message = ShardMessage::Interest {
+                    origin: self.shard_id(),
+                    seq: change.seq,
+                    filter: change.filter.clone(),
+                    present: change.present,
+                    ack: ack.clone(),
+                };
+                if self.kernel.send(*peer, message).await.is_ok() {
+                    sent += 1;
+                }
+            }
+            for _ in 0..sent {
+                if acks.recv_async().await.is_err() {
+                    break;
+                }
+            }
+            if let Some(done) = change.done {
+                let _ = done.try_send(());
+            }
+        }
+    }
+
+    /// Applies a change of this shard's interest in `filter` here and queues its broadcast.
+    /// The returned receiver completes once every shard has applied it.
+    fn change_interest(
+        &self,
+        state: &mut State,
+        filter: &str,
+        present: bool,
+    ) -> Option<flume::Receiver<()>> {
+        let me = self.shard_id();
+        if present {
+            state.interest.insert(filter, me, ());
+        } else {
+            state.interest.remove(filter, &me);
+        }
+        if self.kernel.shard_count() <= 1 {
+            return None;
+        }
+        let seq = self.interest_seq_out.get() + 1;
+        self.interest_seq_out.set(seq);
+        let (done, waiter) = flume::bounded(1);
+        let change = InterestChange {
+            seq,
+            filter: filter.to_string(),
+            present,
+            done: Some(done),
+        };
+        // Full only under an absurd burst; the change is then applied locally but peers miss
+        // it, which would break routing: treat it as the invariant violation it is.
+        let queued = self.interest_queue.try_send(change);
+        assert!(queued.is_ok(), "interest broadcast queue overflow");
+        Some(waiter)
+    }
+
+    fn apply_remote_interest(&self, origin: u16, seq: u64, filter: &str, present: bool) {
+        let mut state = self.state.borrow_mut();
+        let slot = &mut state.interest_seq_in[usize::from(origin)];
+        assert_eq!(
+            seq,
+            *slot + 1,
+            "interest broadcast from shard {origin} out of order"
+        );
+        *slot = seq;
+        if present {
+            state.interest.insert(filter, origin, ());
+        } else {
+            state.interest.remove(filter, &origin);
+        }
+    }
+
+    // ------------------------------------------------------------ subscriptions
+
+    /// Adds `client`'s subscription to `filter`. Returns whether it is new, and a waiter that
+    /// completes once every shard routes this filter here.
+    pub fn subscribe(
+        &self,
+        client: &Rc<str>,
+        filter: &str,
+        subscription: Subscription,
+    ) -> (bool, Option<flume::Receiver<()>>) {
+        let mut state = self.state.borrow_mut();
+        let Some(entry) = state.sessions.get_mut(client) else {
+            return (false, None);
+        };
+        let is_new = entry
+            .session
+            .subscriptions
+            .insert(filter.to_string(), subscription.clone())
+            .is_none();
+        state.local.insert(filter, client.clone(), subscription);
+        let waiter = if is_new && state.local.subscribers_of(filter) == 1 {
+            self.change_interest(&mut state, filter, true)
+        } else {
+            None
+        };
+        (is_new, waiter)
+    }
+
+    /// Removes `client`'s subscription to `filter`; returns whether it existed.
+    pub fn unsubscribe(&self, client: &Rc<str>, filter: &str) -> bool {
+        let mut state = self.state.borrow_mut();
+        let Some(entry) = state.sessions.get_mut(client) else {
+            return false;
+        };
+        if entry.session.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        Self::remove_local(self, &mut state, client, filter);
+        true
+    }
+
+    fn remove_local(&self, state: &mut State, client: &Rc<str>, filter: &str) {
+        if state.local.remove(filter, client).is_some() && state.local.subscribers_of(filter) == 0 {
+            // Nobody waits for a removal: a stale route only costs a wasted hop.
+            self.change_interest(state, filter, false);
+        }
+    }
+
+    fn drop_subscriptions(&self, state: &mut State, client: &Rc<str>, session: &Session) {
+        for filter in session.subscriptions.keys() {
+            self.remove_local(state, client, filter);
+        }
+    }
+
+    pub fn subscription_count(&self, client: &str) -> usize {
+        self.state
+            .borrow()
+            .sessions
+            .get(client)
+            .map_or(0, |e| e.session.subscriptions.len())
+    }
+
+    pub fn is_subscribed(&self, client: &str, filter: &str) -> bool {
+        self.state
+            .borrow()
+            .sessions
+            .get(client)
+            .is_some_and(|e| e.session.subscriptions.contains_key(filter))
+    }
+
+    // ------------------------------------------------------------ routing
+
+    /// Routes `message` to every matching subscriber on every shard; stores it first if it is
+    /// retained. Returns whether any shard has a matching subscription.
+    pub async fn publish(self: &Rc<Self>, message: SharedMessage) -> Result<bool, MeshClosed> {
+        bump(&self.stats.messages_received, 1);
+        if message.retain {
+            self.retain(message.clone()).await?;
+        }
+        let mut shards: Vec<u16> = Vec::new();
+        self.state
+            .borrow()
+            .interest
+            .for_each_match(&message.topic, |shard, ()| shards.push(*shard));
+        shards.sort_unstable();
+        shards.dedup();
+        let me = self.shard_id();
+        for shard in &shards {
+            if *shard == me {
+                self.deliver_local(&message);
+            } else {
+                self.kernel
+                    .send(
+                        *shard,
+                        ShardMessage::Deliver {
+                            message: message.clone(),
+                        },
+                    )
+                    .await?;
+            }
+        }
+        Ok(!shards.is_empty())
+    }
+
+    /// Hands `message` to this shard's matching sessions: one copy per session at the highest
+    /// granted QoS of its matching subscriptions, with all their subscription identifiers.
+    pub fn deliver_local(&self, message: &SharedMessage) {
+        let now = self.kernel.now_ms();
+        let mut state = self.state.borrow_mut();
+        let State {
+            local, sessions, ..
+        } = &mut *state;
+        let mut targets: Vec<(Rc<str>, Outgoing)> = Vec::new();
+        local.for_each_match(&message.topic, |client, sub| {
+            if sub.no_local && message.publisher.as_deref() == Some(&**client) {
+                return;
+            }
+            targets.push((
+                client.clone(),
+                Outgoing {
+                    message: message.clone(),
+                    qos: sub.qos.min(message.qos),
+                    retain: sub.retain_as_published && message.retain,
+                    subscription_ids: sub.subscription_id.into_iter().collect(),
+                },
+            ));
+        });
+        if targets.len() > 1 {
+            targets.sort_by(|a, b| Rc::as_ptr(&a.0).cast::<u8>().cmp(&Rc::as_ptr(&b.0).cast()));
+            targets.dedup_by(|later, kept| {
+                if !Rc::ptr_eq(&later.0, &kept.0) {
+                    return false;
+                }
+                kept.1.qos = kept.1.qos.max(later.1.qos);
+                kept.1.retain |= later.1.retain;
+                kept.1
+                    .subscription_ids
+                    .append(&mut later.1.subscription_ids);
+                true
+            });
+        }
+        for (client, outgoing) in targets {
+            if let Some(entry) = sessions.get_mut(&client) {
+                if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
+                    bump(&self.stats.messages_sent, 1);
+                }
+            }
+        }
+    }
+
+    /// Delivers one message to one local session (retained messages on subscribe).
+    pub fn deliver_to(&self, client: &str, outgoing: Outgoing) {
+        let now = self.kernel.now_ms();
+        let mut state = self.state.borrow_mut();
+        if let Some(entry) = state.sessions.get_mut(client) {
+            if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
+                bump(&self.stats.messages_sent, 1);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ retained
+
+    async fn retain(&self, message: SharedMessage) -> Result<(), MeshClosed> {
+        if self.shard_id() == 0 {
+            self.retain_here(message);
+            return Ok(());
+        }
+        let (ack, done) = flume::bounded(1);
+        self.kernel
+            .send(0, ShardMessage::Retain { message, ack })
+            .await?;
+        done.recv_async().await.map_err(|_| MeshClosed)
+    }
+
+    fn retain_here(&self, message: SharedMessage) {
+        let topic = message.topic.clone();
+        if self.state.borrow_mut().retained.set(message) == RetainOutcome::Full {
+            warn!(topic = %topic, "retained store full; message not retained");
+        }
+    }
+
+    /// Retained messages matching `filter` (from shard 0's store).
+    pub async fn retained_matching(&self, filter: &str) -> Result<Vec<SharedMessage>, MeshClosed> {
+        if self.shard_id() == 0 {
+            let now = self.kernel.now_ms();
+            return Ok(self.state.borrow_mut().retained.matching(filter, now));
+        }
+        let (reply, answer) = flume::bounded(1);
+        self.kernel
+            .send(
+                0,
+                ShardMessage::RetainedMatching {
+                    filter: filter.to_string(),
+                    reply,
+                },
+            )
+            .await?;
+        answer.recv_async().await.map_err(|_| MeshClosed)
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    /// Claims `client_id` for this shard, takes over any existing connection and session
+    /// (here or on another shard), and installs the session with no connection attached yet.
+    pub async fn connect(
+        self: &Rc<Self>,
+        client_id: &Rc<str>,
+        clean_start: bool,
+        expiry_s: u32,
+    ) -> Result<Connected, MeshClosed> {
+        let me = self.shard_id();
+        let owner = registry_shard(client_id, self.kernel.shard_count());
+        let previous = if owner == me {
+            self.state
+                .borrow_mut()
+                .registry
+                .insert(client_id.to_string(), me)
+        } else {
+            let (reply, answer) = flume::bounded(1);
+            let claim = ShardMessage::Claim {
+                client_id: client_id.to_string(),
+                shard: me,
+                reply,
+            };
+            self.kernel.send(owner, claim).await?;
+            answer.recv_async().await.map_err(|_| MeshClosed)?
+        };
+        let mut moved = None;
+        if let Some(previous) = previous.filter(|p| *p != me) {
+            let (reply, answer) = flume::bounded(1);
+            let takeover = ShardMessage::Takeover {
+                client_id: client_id.to_string(),
+                clean_start,
+                reply,
+            };
+            self.kernel.send(previous, takeover).await?;
+            moved = answer.recv_async().await.map_err(|_| MeshClosed)?;
+            debug!(client = %client_id, from = previous, moved = moved.is_some(), "session takeover");
+        }
+        let generation = self.next_generation.get() + 1;
+        self.next_generation.set(generation);
+        let mut waiters = Vec::new();
+        let session_present;
+        {
+            let mut state = self.state.borrow_mut();
+            let existing = state.sessions.remove(client_id);
+            let mut session = None;
+            if let Some(old) = existing {
+                if let Some(link) = &old.link {
+                    link.close(codec::reason::SESSION_TAKEN_OVER);
+                }
+                if clean_start {
+                    self.drop_subscriptions(&mut state, client_id, &old.session);
+                } else {
+                    session = Some(old.session);
+                }
+            }
+            if let Some(mut moved) = moved.filter(|_| !clean_start) {
+                for (filter, subscription) in &moved.subscriptions {
+                    state
+                        .local
+                        .insert(filter, client_id.clone(), subscription.clone());
+                    if state.local.subscribers_of(filter) == 1 {
+                        waiters.extend(self.change_interest(&mut state, filter, true));
+                    }
+                }
+                moved.begin_dedup();
+                session = Some(moved);
+            }
+            session_present = session.is_some();
+            let mut session = session.unwrap_or_default();
+            session.expiry_s = expiry_s;
+            if state.sessions.len() >= MAX_SESSIONS_PER_SHARD {
+                warn!(
+                    limit = MAX_SESSIONS_PER_SHARD,
+                    "session limit reached on this shard"
+                );
+            }
+            state.sessions.insert(
+                client_id.clone(),
+                SessionEntry {
+                    session,
+                    link: None,
+                    generation,
+                    pending_will: None,
+                },
+            );
+        }
+        for waiter in waiters {
+            let _ = waiter.recv_async().await;
+        }
+        if session_present {
+            self.schedule_end_dedup(client_id.clone(), generation);
+        }
+        Ok(Connected {
+            session_present,
+            generation,
+        })
+    }
+
+    fn schedule_end_dedup(self: &Rc<Self>, client: Rc<str>, generation: u64) {
+        let shard = self.clone();
+        let sleep = self
+            .kernel
+            .sleep(Duration::from_millis(MIGRATION_DEDUP_WINDOW_MS));
+        self.kernel.spawn(Box::pin(async move {
+            sleep.await;
+            let mut state = shard.state.borrow_mut();
+            if let Some(entry) = state.sessions.get_mut(&client) {
+                if entry.generation == generation {
+                    entry.session.end_dedup();
+                }
+            }
+        }));
+    }
+
+    /// Attaches the connection (after its CONNACK is in the outbox) and sends what the session
+    /// has pending: unacknowledged messages again, then the queue.
+    pub fn attach(&self, client: &str, generation: u64, link: &Rc<Link>) -> bool {
+        let now = self.kernel.now_ms();
+        let mut state = self.state.borrow_mut();
+        let Some(entry) = state.sessions.get_mut(client) else {
+            return false;
+        };
+        if entry.generation != generation {
+            return false;
+        }
+        entry.link = Some(link.clone());
+        entry.pending_will = None;
+        let session = &mut entry.session;
+        link.with_out(|out| session.resend(out, now));
+        true
+    }
+
+    /// Runs `f` on the session of `client` (if this connection still owns it) with its link.
+    pub fn with_session<R>(
+        &self,
+        client: &str,
+        generation: u64,
+        f: impl FnOnce(&mut Session, Option<&mut LinkOut<'_>>) -> R,
+    ) -> Option<R> {
+        let mut state = self.state.borrow_mut();
+        let entry = state.sessions.get_mut(client)?;
+        if entry.generation != generation {
+            return None;
+        }
+        let session = &mut entry.session;
+        Some(match &entry.link {
+            Some(link) if !link.is_closing() => link.with_out(|out| f(session, Some(out))),
+            _ => f(session, None),
+        })
+    }
+
+    /// The connection of `client` ended. `will` is published unless the client disconnected
+    /// normally; with a v5 will delay it waits, and is dropped if the client reconnects first.
+    pub fn disconnected(
+        self: &Rc<Self>,
+        client: &Rc<str>,
+        generation: u64,
+        will: Option<Will>,
+        session_expiry_s: u32,
+    ) {
+        let mut state = self.state.borrow_mut();
+        let current = state
+            .sessions
+            .get(client)
+            .is_some_and(|e| e.generation == generation);
+        if !current {
+            // Taken over: the new connection cancels a delayed will, not an immediate one.
+            drop(state);
+            if let Some(will) = will.filter(|w| w.delay_s == 0) {
+                self.publish_will(will, client);
+            }
+            return;
+        }
+        let Some(entry) = state.sessions.get_mut(client) else {
+            return;
+        };
+        entry.link = None;
+        entry.session.expiry_s = session_expiry_s;
+        if session_expiry_s == 0 {
+            let entry = state.sessions.remove(client);
+            if let Some(entry) = entry {
+                self.drop_subscriptions(&mut state, client, &entry.session);
+            }
+            drop(state);
+            self.release(client);
+            if let Some(will) = will {
+                self.publish_will(will, client);
+            }
+            return;
+        }
+        if let Some(will) = will {
+            if will.delay_s == 0 {
+                drop(state);
+                self.publish_will(will, client);
+            } else {
+                let delay_s = will.delay_s.min(session_expiry_s);
+                entry.pending_will = Some(will);
+                drop(state);
+                self.schedule_will(client.clone(), generation, delay_s);
+            }
+        } else {
+            drop(state);
+        }
+        if session_expiry_s != SESSION_NEVER_EXPIRES_S {
+            self.schedule_expiry(client.clone(), generation, session_expiry_s);
+        }
+    }
+
+    fn schedule_will(self: &Rc<Self>, client: Rc<str>, generation: u64, delay_s: u32) {
+        let shard = self.clone();
+        let sleep = self.kernel.sleep(Duration::from_secs(u64::from(delay_s)));
+        self.kernel.spawn(Box::pin(async move {
+            sleep.await;
+            let will = {
+                let mut state = shard.state.borrow_mut();
+                match state.sessions.get_mut(&client) {
+                    Some(entry) if entry.generation == generation && entry.link.is_none() => {
+                        entry.pending_will.take()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(will) = will {
+                shard.publish_will(will, &client);
+            }
+        }));
+    }
+
+    fn schedule_expiry(self: &Rc<Self>, client: Rc<str>, generation: u64, expiry_s: u32) {
+        let shard = self.clone();
+        let sleep = self.kernel.sleep(Duration::from_secs(u64::from(expiry_s)));
+        self.kernel.spawn(Box::pin(async move {
+            sleep.await;
+            let will = {
+                let mut state = shard.state.borrow_mut();
+                let expired = state
+                    .sessions
+                    .get(&client)
+                    .is_some_and(|e| e.generation == generation && e.link.is_none());
+                if !expired {
+                    return;
+                }
+                let Some(entry) = state.sessions.remove(&client) else {
+                    return;
+                };
+                shard.drop_subscriptions(&mut state, &client, &entry.session);
+                entry.pending_will
+            };
+            debug!(client = %client, "session expired");
+            shard.release(&client);
+            if let Some(will) = will {
+                shard.publish_will(will, &client);
+            }
+        }));
+    }
+
+    fn release(self: &Rc<Self>, client: &str) {
+        let me = self.shard_id();
+        let owner = registry_shard(client, self.kernel.shard_count());
+        if owner == me {
+            let mut state = self.state.borrow_mut();
+            if state.registry.get(client) == Some(&me) {
+                state.registry.remove(client);
+            }
+            return;
+        }
+        let shard = self.clone();
+        let message = ShardMessage::Release {
+            client_id: client.to_string(),
+            shard: me,
+        };
+        self.kernel.spawn(Box::pin(async move {
+            let _ = shard.kernel.send(owner, message).await;
+        }));
+    }
+
+    fn publish_will(self: &Rc<Self>, will: Will, client: &str) {
+        let now = self.kernel.now_ms();
+        let message = Arc::new(Message {
+            id: self.next_message_id(),
+            expires_at_ms: will
+                .properties
+                .message_expiry_s
+                .map(|s| now + u64::from(s) * 1000),
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            publisher: Some(Arc::from(client)),
+        });
+        let shard = self.clone();
+        self.kernel.spawn(Box::pin(async move {
+            if shard.publish(message).await.is_err() {
+                debug!("will not published: shutting down");
+            }
+        }));
+    }
+
+    /// The node's counters: this shard's plus every other shard's.
+    pub async fn node_stats(&self) -> Result<StatsSnapshot, MeshClosed> {
+        let mut total = self.stats.snapshot();
+        let peers: Vec<u16> = self.peers().collect();
+        let (reply, answers) = flume::bounded(peers.len().max(1));
+        for peer in &peers {
+            let ask = ShardMessage::Stats {
+                reply: reply.clone(),
+            };
+            self.kernel.send(*peer, ask).await?;
+        }
+        for _ in &peers {
+            let snapshot = answers.recv_async().await.map_err(|_| MeshClosed)?;
+            total.add(&snapshot);
+        }
+        Ok(total)
+    }
+
+    /// Publishes the `$SYS/broker/...` topics (retained) now and every `SYS_INTERVAL_MS`,
+    /// until shutdown. Run on one shard only (shard 0), which sums every shard's counters.
+    pub fn spawn_sys_publisher(self: &Rc<Self>, version: String) {
+        let shard = self.clone();
+        let started_ms = self.kernel.now_ms();
+        self.kernel.spawn(Box::pin(async move {
+            while shard.kernel.accepting() {
+                let Ok(stats) = shard.node_stats().await else {
+                    return;
+                };
+                let uptime_s = shard.kernel.now_ms().saturating_sub(started_ms) / 1000;
+                let topics = [
+                    ("version", format!("rmq-node {version}")),
+                    ("uptime", format!("{uptime_s} seconds")),
+                    ("clients/connected", stats.connections.to_string()),
+                    ("messages/received", stats.messages_received.to_string()),
+                    ("messages/sent", stats.messages_sent.to_string()),
+                    ("bytes/received", stats.bytes_received.to_string()),
+                    ("bytes/sent", stats.bytes_sent.to_string()),
+                ];
+                for (name, value) in topics {
+                    let message = Arc::new(Message {
+                        id: shard.next_message_id(),
+                        topic: format!("$SYS/broker/{name}"),
+                        payload: bytes::Bytes::from(value),
+                        qos: 0,
+                        retain: true,
+                        properties: codec::MessageProperties::default(),
+                        publisher: None,
+                        expires_at_ms: None,
+                    });
+                    if shard.publish(message).await.is_err() {
+                        return;
+                    }
+                }
+                shard
+                    .kernel
+                    .sleep(Duration::from_millis(SYS_INTERVAL_MS))
+                    .await;
+            }
+        }));
+    }
+
+    /// Closes every connection of this shard (node shutdown; v5 clients get 0x8B).
+    pub fn close_all(&self) {
+        let state = self.state.borrow();
+        for entry in state.sessions.values() {
+            if let Some(link) = &entry.link {
+                link.close(codec::reason::SERVER_SHUTTING_DOWN);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ mesh
+
+    /// Serves a message from another shard. Synchronous, so messages from one peer are applied
+    /// in the order sent; anything that waits runs in a spawned task.
+    pub fn handle_message(self: &Rc<Self>, message: ShardMessage) {
+        match message {
+            ShardMessage::Interest {
+                origin,
+                seq,
+                filter,
+                present,
+                ack,
+            } => {
+                self.apply_remote_interest(origin, seq, &filter, present);
+                let _ = ack.try_send(());
+            }
+            ShardMessage::Deliver { message } => self.deliver_local(&message),
+            ShardMessage::Claim {
+                client_id,
+                shard,
+                reply,
+            } => {
+                let previous = self.state.borrow_mut().registry.insert(client_id, shard);
+                let _ = reply.try_send(previous);
+            }
+            ShardMessage::Release { client_id, shard } => {
+                let mut state = self.state.borrow_mut();
+                if state.registry.get(&client_id) == Some(&shard) {
+                    state.registry.remove(&client_id);
+                }
+            }
+            ShardMessage::Takeover {
+                client_id,
+                clean_start,
+                reply,
+            } => {
+                let session = self.take_session(&client_id, clean_start);
+                let _ = reply.try_send(session);
+            }
+            ShardMessage::Retain { message, ack } => {
+                self.retain_here(message);
+                let _ = ack.try_send(());
+            }
+            ShardMessage::Stats { reply } => {
+                let _ = reply.try_send(self.stats.snapshot());
+            }
+            ShardMessage::RetainedMatching { filter, reply } => {
+                let now = self.kernel.now_ms();
+                let found = self.state.borrow_mut().retained.matching(&filter, now);
+                let _ = reply.try_send(found);
+            }
+        }
+    }
+
+    /// Takeover from another shard: close the connection, remove the session and its
+    /// subscriptions here, and hand it over unless it is to be discarded.
+    fn take_session(&self, client_id: &str, clean_start: bool) -> Option<Session> {
+        let mut state = self.state.borrow_mut();
+        let (client, entry) = state.sessions.remove_entry(client_id)?;
+        if let Some(link) = &entry.link {
+            link.close(codec::reason::SESSION_TAKEN_OVER);
+        }
+        self.drop_subscriptions(&mut state, &client, &entry.session);
+        (!clean_start).then_some(entry.session)
+    }
+}
+
+fn deliver_to_entry(entry: &mut SessionEntry, outgoing: Outgoing, now: u64) -> DeliverOutcome {
+    let session = &mut entry.session;
+    match &entry.link {
+        Some(link) if !link.is_closing() => {
+            link.with_out(|out| session.deliver(outgoing, Some(out), now))
+        }
+        _ => session.deliver(outgoing, None, now),
+    }
+}

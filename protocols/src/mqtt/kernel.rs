@@ -1,0 +1,31 @@
+//! What the MQTT layer needs from the runtime, beyond the shared `Kernel`: its shard's place in
+//! the node and a way to reach the other shards, timers and task spawning. The broker
+//! implements it over glommio and the shard mesh; everything else about MQTT (sessions,
+//! routing, retained messages) lives in this crate.
+//!
+//! Concurrency contract: used from one shard's thread only; futures need not be `Send`. Only
+//! `ShardMessage` crosses threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::engine::ShardMessage;
+
+/// The other shard's queue is gone (the node is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshClosed;
+
+pub trait MqttKernel: 'static {
+    fn shard_id(&self) -> u16;
+    fn shard_count(&self) -> u16;
+    /// Sends `message` to shard `to` (never this shard); waits while that queue is full.
+    fn send(&self, to: u16, message: ShardMessage) -> impl Future<Output = Result<(), MeshClosed>>;
+    /// Runs `task` on this shard in the background.
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>);
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + 'static;
+    /// Wall-clock milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// False once the node is shutting down.
+    fn accepting(&self) -> bool;
+}

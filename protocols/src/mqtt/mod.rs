@@ -1,0 +1,21 @@
+//! MQTT 3.1, 3.1.1 and 5 on the shared kernel: codec (mqttbytes behind our own types, our own
+//! 3.1 CONNECT path), one handler per packet type, sessions with their QoS state machines, the
+//! topic-filter trie, the retained store and the per-shard engine that routes publishes
+//! across shards. The runtime plugs in through `MqttKernel`; see `engine` for the cross-shard
+//! design.
+
+pub mod codec;
+pub mod connection;
+pub mod constants;
+pub mod engine;
+pub mod handlers;
+pub mod kernel;
+pub mod message;
+pub mod retained;
+pub mod session;
+pub mod topic;
+pub mod trie;
+
+pub use connection::serve_connection;
+pub use engine::{MqttShard, ShardMessage};
+pub use kernel::{MeshClosed, MqttKernel};

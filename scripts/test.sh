@@ -49,8 +49,8 @@ if ! run_step "install-test-deps" bash scripts/install-test-deps.sh; then
 fi
 
 if [ "${RMQ_SKIP_CARGO:-0}" != "1" ]; then
-  if ! run_step "cargo build --release --bin rmq-node" \
-       timeout 2400 cargo build --release --bin rmq-node; then
+  if ! run_step "cargo build --release -p rmq-broker --bins (rmq-node, rmq)" \
+       timeout 2400 cargo build --release -p rmq-broker --bins; then
     print_summary; exit 1
   fi
   if ! run_step "cargo build --release -p rmq-bench" \

@@ -108,7 +108,7 @@ impl ShardKernel {
             .get(&input.partition.topic)
             .map(|t| &t.configs)
             .ok_or(KernelError::UnknownTopicOrPartition)?;
-        let max_bytes = topic_config::log_config(configs).max_message_bytes;
+        let max_bytes = topic_config::max_message_bytes(configs);
         let headers = validate_batches(&input.records, max_bytes).map_err(batch_error)?;
         Ok((
             owner,

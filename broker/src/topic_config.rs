@@ -43,7 +43,7 @@ fn segment_bytes(value: &str) -> Result<(), String> {
     }
 }
 
-fn max_message_bytes(value: &str) -> Result<(), String> {
+fn check_max_message_bytes(value: &str) -> Result<(), String> {
     match value.parse::<usize>() {
         Ok(v) if (MAX_MESSAGE_BYTES_MIN..=MAX_MESSAGE_BYTES_MAX).contains(&v) => Ok(()),
         _ => Err(format!(
@@ -101,7 +101,7 @@ const CONFIG_KEYS: &[ConfigKey] = &[
     ConfigKey {
         name: "max.message.bytes",
         default: "1048588",
-        validate: max_message_bytes,
+        validate: check_max_message_bytes,
     },
     ConfigKey {
         name: "message.timestamp.type",
@@ -172,34 +172,37 @@ fn value<'a>(configs: &'a BTreeMap<String, String>, name: &str) -> &'a str {
 
 /// The storage engine's config for a topic. Values were validated when stored; a value that
 /// still fails to parse (a hand-edited file) falls back to the default.
+/// A stored value parsed, or `default` when it does not parse (a hand-edited file).
+fn parsed<T: std::str::FromStr>(configs: &BTreeMap<String, String>, name: &str, default: T) -> T {
+    value(configs, name).parse().unwrap_or(default)
+}
+
+/// `max.message.bytes` alone: the produce path checks it per partition per request, so it
+/// does not build a whole `LogConfig`.
+pub fn max_message_bytes(configs: &BTreeMap<String, String>) -> usize {
+    parsed(
+        configs,
+        "max.message.bytes",
+        LogConfig::default().max_message_bytes,
+    )
+}
+
 pub fn log_config(configs: &BTreeMap<String, String>) -> LogConfig {
     let defaults = LogConfig::default();
     LogConfig {
-        segment_bytes: value(configs, "segment.bytes")
-            .parse()
-            .unwrap_or(defaults.segment_bytes),
-        segment_ms: value(configs, "segment.ms")
-            .parse()
-            .unwrap_or(defaults.segment_ms),
-        retention_ms: value(configs, "retention.ms")
-            .parse()
-            .unwrap_or(defaults.retention_ms),
-        retention_bytes: value(configs, "retention.bytes")
-            .parse()
-            .unwrap_or(defaults.retention_bytes),
-        max_message_bytes: value(configs, "max.message.bytes")
-            .parse()
-            .unwrap_or(defaults.max_message_bytes),
-        index_interval_bytes: value(configs, "index.interval.bytes")
-            .parse()
-            .unwrap_or(defaults.index_interval_bytes),
+        segment_bytes: parsed(configs, "segment.bytes", defaults.segment_bytes),
+        segment_ms: parsed(configs, "segment.ms", defaults.segment_ms),
+        retention_ms: parsed(configs, "retention.ms", defaults.retention_ms),
+        retention_bytes: parsed(configs, "retention.bytes", defaults.retention_bytes),
+        max_message_bytes: max_message_bytes(configs),
+        index_interval_bytes: parsed(
+            configs,
+            "index.interval.bytes",
+            defaults.index_interval_bytes,
+        ),
         engine: StorageEngine::parse(value(configs, "storage.engine")).unwrap_or(defaults.engine),
-        flush_messages: value(configs, "flush.messages")
-            .parse()
-            .unwrap_or(defaults.flush_messages),
-        flush_ms: value(configs, "flush.ms")
-            .parse()
-            .unwrap_or(defaults.flush_ms),
+        flush_messages: parsed(configs, "flush.messages", defaults.flush_messages),
+        flush_ms: parsed(configs, "flush.ms", defaults.flush_ms),
     }
 }
 

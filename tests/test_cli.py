@@ -53,3 +53,19 @@ def test_advertised_addr_and_node_id_in_metadata(broker_factory):
     brokers = [(x[0], x[1], x[2]) for x in md.brokers]
     assert brokers == [(7, "localhost", 19092)], md
     assert md.controller_id == 7, md
+
+
+@pytest.mark.timeout(60)
+def test_second_node_on_the_same_data_dir_is_refused(broker):
+    import subprocess
+    from conftest import node_bin
+    second = subprocess.run(
+        [node_bin(), "--cores", "1", "--data-dir", broker.data_dir,
+         "--kafka-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+        capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert second.returncode != 0, second
+    assert b"ready" not in second.stdout, second.stdout
+    assert b"in use by another rmq-node" in second.stderr, second.stderr
+    # The first node is untouched and still serves.
+    with kr.RawConn(broker.host, broker.port) as c:
+        assert c.api_versions(0).error_code == kr.NONE

@@ -10,6 +10,7 @@ cd "$ROOT"
 PY_PINS=(
   "confluent-kafka==2.16.1"
   "kafka-python==2.3.3"
+  "aiokafka==0.14.0"
   "paho-mqtt==2.1.0"
   "pytest==8.4.2"
   "pytest-timeout==2.4.0"
@@ -74,5 +75,5 @@ else
   echo "install-test-deps: python packages already pinned in .venv"
 fi
 
-"$VENV/bin/python" -c 'import confluent_kafka, kafka, paho.mqtt, pytest; print("install-test-deps: confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "paho-mqtt", paho.mqtt.__version__, "pytest", pytest.__version__)'
+"$VENV/bin/python" -c 'import aiokafka, confluent_kafka, kafka, paho.mqtt, pytest; print("install-test-deps: confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "aiokafka", aiokafka.__version__, "paho-mqtt", paho.mqtt.__version__, "pytest", pytest.__version__)'
 kcat -V 2>&1 | head -1 || true

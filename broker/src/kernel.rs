@@ -4,7 +4,10 @@
 //! batches are validated (CRC32C, size) here, on the connection's shard, which spreads that
 //! work over the cores that accept connections.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,8 +15,9 @@ use futures_lite::future;
 use rmq_protocols::kernel::{
     Acks, AppendedRange, CommitOffsetsInput, CommittedOffset, ConfigChange, ConfigEntry,
     GroupDescription, GroupItemResults, GroupListing, JoinGroupInput, JoinGroupOutput, Kernel,
-    KernelError, LeavingMember, MemberGeneration, NodeInfo, ProduceInput, ReadInput, ReadOutput,
-    SyncGroupInput, SyncGroupOutput, TopicInfo, TopicPartition, TopicSpec, LIST_OFFSETS_LATEST,
+    KernelError, LeavingMember, LogDirDescription, MemberGeneration, NodeInfo, ProduceInput,
+    ReadInput, ReadOutput, SyncGroupInput, SyncGroupOutput, TopicInfo, TopicPartition, TopicSpec,
+    LIST_OFFSETS_LATEST,
 };
 use rmq_storage::validate_batches;
 
@@ -119,6 +123,94 @@ impl ShardKernel {
             },
         ))
     }
+
+    /// Every partition of every topic in this shard's metadata snapshot.
+    fn all_partitions(&self) -> BTreeSet<TopicPartition> {
+        let metadata = self.shard.metadata();
+        let mut partitions = BTreeSet::new();
+        for (name, topic) in &metadata.topics {
+            for partition in 0..topic.partition_shards.len() {
+                let Ok(partition) = i32::try_from(partition) else {
+                    break;
+                };
+                partitions.insert(TopicPartition {
+                    topic: name.clone(),
+                    partition,
+                });
+            }
+        }
+        partitions
+    }
+
+    /// Bytes stored per partition, asked of each owning shard once; partitions without an
+    /// owner or a local log are left out.
+    async fn partition_sizes(
+        &self,
+        partitions: BTreeSet<TopicPartition>,
+    ) -> Vec<(TopicPartition, u64)> {
+        let routed = partitions
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, partition)| {
+                self.shard
+                    .owner_of(&partition)
+                    .map(|owner| (index, owner, partition))
+            })
+            .collect();
+        let mut sizes = Vec::new();
+        let mut remote = Vec::new();
+        for (owner, group) in group_by_shard(routed) {
+            let partitions: Vec<TopicPartition> = group.into_iter().map(|(_, p)| p).collect();
+            if owner == self.shard.id {
+                let local = self.shard.partition_sizes_local(&partitions);
+                sizes.extend(stored_sizes(partitions, local));
+                continue;
+            }
+            let (reply, receiver) = flume::bounded(1);
+            let op = ShardOp::PartitionSizes {
+                partitions: partitions.clone(),
+                reply,
+            };
+            if self.shard.send(owner, op).await.is_ok() {
+                remote.push((partitions, receiver));
+            }
+        }
+        for (partitions, receiver) in remote {
+            let answered = receiver.recv_async().await.unwrap_or_default();
+            sizes.extend(stored_sizes(partitions, answered));
+        }
+        sizes.sort();
+        sizes
+    }
+}
+
+/// Pairs each partition with its size, dropping those the shard does not store.
+fn stored_sizes(
+    partitions: Vec<TopicPartition>,
+    sizes: Vec<Option<u64>>,
+) -> impl Iterator<Item = (TopicPartition, u64)> {
+    partitions
+        .into_iter()
+        .zip(sizes)
+        .filter_map(|(partition, size_bytes)| size_bytes.map(|s| (partition, s)))
+}
+
+/// The total and usable (free to unprivileged writers) bytes of the volume holding `path`.
+fn volume_bytes(path: &Path) -> Option<(u64, u64)> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `stats` is a valid place for one statvfs record.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled in `stats`.
+    let stats = unsafe { stats.assume_init() };
+    // All three are u64 on the 64-bit Linux targets glommio runs on.
+    let fragment_bytes = stats.f_frsize;
+    let total_bytes = stats.f_blocks.checked_mul(fragment_bytes)?;
+    let usable_bytes = stats.f_bavail.checked_mul(fragment_bytes)?;
+    Some((total_bytes, usable_bytes))
 }
 
 fn unexpected_reply() -> KernelError {
@@ -523,6 +615,25 @@ impl Kernel for ShardKernel {
             results[index] = result;
         }
         results
+    }
+
+    async fn describe_log_dirs(
+        &self,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Vec<LogDirDescription> {
+        let asked = match partitions {
+            Some(partitions) => partitions.into_iter().collect(),
+            None => self.all_partitions(),
+        };
+        let data_dir = &self.shard.config.data_dir;
+        let volume = volume_bytes(data_dir);
+        let path = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.clone());
+        vec![LogDirDescription {
+            path: path.display().to_string(),
+            volume_total_bytes: volume.map(|(total, _)| total),
+            volume_usable_bytes: volume.map(|(_, usable)| usable),
+            partitions: self.partition_sizes(asked).await,
+        }]
     }
 
     async fn init_producer_id(&self) -> Result<(i64, i16), KernelError> {

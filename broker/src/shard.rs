@@ -71,6 +71,11 @@ pub enum ShardOp {
         timestamp: i64,
         reply: flume::Sender<Result<(i64, i64), KernelError>>,
     },
+    /// Bytes stored per partition (`None`: not stored here), in input order.
+    PartitionSizes {
+        partitions: Vec<TopicPartition>,
+        reply: flume::Sender<Vec<Option<u64>>>,
+    },
     ApplyMetadata {
         metadata: Arc<ClusterMetadata>,
         reply: flume::Sender<()>,
@@ -381,6 +386,23 @@ impl Shard {
         }
     }
 
+    /// Bytes of record batches each local partition holds (`None`: not stored here). A
+    /// partition this shard's metadata places elsewhere (a snapshot newer or older than the
+    /// asker's) counts as not stored: a size query is no reason to stop the node.
+    pub fn partition_sizes_local(&self, partitions: &[TopicPartition]) -> Vec<Option<u64>> {
+        partitions
+            .iter()
+            .map(|p| {
+                if self.owner_of(p) != Some(self.id) {
+                    return None;
+                }
+                self.logs
+                    .get(&p.topic, p.partition)
+                    .map(|log| log.size_bytes())
+            })
+            .collect()
+    }
+
     /// Installs a new metadata snapshot: opens the partitions this shard now owns before the
     /// snapshot becomes visible, removes the logs of deleted topics after.
     pub async fn apply_metadata(&self, new: Arc<ClusterMetadata>) {
@@ -534,6 +556,9 @@ fn handle_op(shard: &Rc<Shard>, op: ShardOp) {
                 let _ = reply.send_async(result).await;
             })
             .detach();
+        }
+        ShardOp::PartitionSizes { partitions, reply } => {
+            let _ = reply.try_send(shard.partition_sizes_local(&partitions));
         }
         ShardOp::ApplyMetadata { metadata, reply } => {
             let shard = shard.clone();

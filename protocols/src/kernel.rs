@@ -325,6 +325,20 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
+/// One log directory of this node (DescribeLogDirs): the partitions stored in it with their
+/// sizes, and the volume it is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogDirDescription {
+    /// Absolute path of the directory.
+    pub path: String,
+    /// Size of the volume holding the directory; `None` if it cannot be read.
+    pub volume_total_bytes: Option<u64>,
+    /// Bytes of that volume this process may still write; `None` if it cannot be read.
+    pub volume_usable_bytes: Option<u64>,
+    /// Bytes of record batches each stored partition holds, sorted by partition.
+    pub partitions: Vec<(TopicPartition, u64)>,
+}
+
 /// Per-item results of a group operation, or one error for the whole group.
 pub type GroupItemResults = Result<Vec<Result<(), KernelError>>, KernelError>;
 
@@ -406,6 +420,12 @@ pub trait Kernel {
         &self,
         partitions: Vec<(TopicPartition, i64)>,
     ) -> impl Future<Output = Vec<Result<i64, KernelError>>>;
+    /// The log directories of this node with the sizes of the partitions asked for (`None`:
+    /// every partition); partitions that do not exist or are not stored here are left out.
+    fn describe_log_dirs(
+        &self,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> impl Future<Output = Vec<LogDirDescription>>;
     /// A new idempotent producer id and epoch, unique across restarts of this node.
     fn init_producer_id(&self) -> impl Future<Output = Result<(i64, i16), KernelError>>;
 

@@ -12,6 +12,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -56,6 +57,7 @@ const fn api(api_key: ApiKey, min_version: i16, max_version: i16) -> ApiSupport 
 
 /// Every API we serve. Produce stops at v12 and Fetch at v12: v13 of both address topics by id
 /// only. Produce v3 is the first version with RecordBatch v2, which is all we store.
+/// DescribeLogDirs v0 is below the codec's floor but has v1's wire format (see its module).
 pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::Produce, 3, 12),
     api(ApiKey::Fetch, 4, 12),
@@ -83,6 +85,7 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::DescribeCluster, 0, 2),
     api(ApiKey::DeleteRecords, 0, 2),
     api(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    api(ApiKey::DescribeLogDirs, 0, 4),
 ];
 
 /// The versions we accept for `api_key`, if we serve it at all.
@@ -268,6 +271,14 @@ pub async fn dispatch<K: Kernel>(
             prefix,
             &offset_delete::handle(kernel, decode(&mut body, prefix)?).await,
         ),
+        ApiKey::DescribeLogDirs => {
+            let codec_prefix = describe_log_dirs::codec_prefix(prefix);
+            let request = decode(&mut body, codec_prefix)?;
+            respond(
+                codec_prefix,
+                &describe_log_dirs::handle(kernel, request, version).await,
+            )
+        }
         other => Err(refused(format!("api {other:?} has no handler"))),
     }
 }

@@ -28,6 +28,10 @@ use kafka_protocol::messages::{
     DeleteRecordsRequest,
 };
 use kafka_protocol::messages::{
+    describe_log_dirs_request::DescribableLogDirTopic, DescribeLogDirsRequest,
+    DescribeLogDirsResponse, ResponseHeader,
+};
+use kafka_protocol::messages::{
     join_group_request::JoinGroupRequestProtocol, leave_group_request::MemberIdentity,
     offset_commit_request::OffsetCommitRequestPartition,
     offset_commit_request::OffsetCommitRequestTopic,
@@ -43,16 +47,18 @@ use kafka_protocol::messages::{
     offset_for_leader_epoch_request::OffsetForLeaderPartition,
     offset_for_leader_epoch_request::OffsetForLeaderTopic, OffsetForLeaderEpochRequest,
 };
-use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes, VersionRange};
+use kafka_protocol::protocol::{
+    Decodable, Encodable, HeaderVersion, Message, StrBytes, VersionRange,
+};
 
-use super::{dispatch, DispatchError, SUPPORTED_APIS};
+use super::{describe_log_dirs, dispatch, DispatchError, SUPPORTED_APIS};
 use crate::kafka::codec::peek_request_prefix;
 use crate::kernel::{
     Acks, AppendedRange, CommitOffsetsInput, CommittedOffset, ConfigChange, ConfigEntry,
     GroupDescription, GroupItemResults, GroupListing, JoinGroupInput, JoinGroupOutput,
-    JoinedMember, Kernel, KernelError, LeavingMember, MemberDescription, MemberGeneration,
-    NodeInfo, ProduceInput, ReadInput, ReadOutput, SyncGroupInput, SyncGroupOutput, TopicInfo,
-    TopicPartition, TopicSpec,
+    JoinedMember, Kernel, KernelError, LeavingMember, LogDirDescription, MemberDescription,
+    MemberGeneration, NodeInfo, ProduceInput, ReadInput, ReadOutput, SyncGroupInput,
+    SyncGroupOutput, TopicInfo, TopicPartition, TopicSpec,
 };
 
 /// A kernel with one topic, `orders`, of two partitions; appends and reads are canned.
@@ -198,6 +204,25 @@ impl Kernel for MemoryKernel {
         partitions: Vec<(TopicPartition, i64)>,
     ) -> Vec<Result<i64, KernelError>> {
         partitions.iter().map(|(_, offset)| Ok(*offset)).collect()
+    }
+    async fn describe_log_dirs(
+        &self,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Vec<LogDirDescription> {
+        let all = (0..orders().partition_count).map(|partition| TopicPartition {
+            topic: "orders".to_string(),
+            partition,
+        });
+        let stored = all
+            .filter(|p| partitions.as_ref().is_none_or(|asked| asked.contains(p)))
+            .map(|p| (p, 4096))
+            .collect();
+        vec![LogDirDescription {
+            path: "/var/lib/rmq".to_string(),
+            volume_total_bytes: Some(1 << 30),
+            volume_usable_bytes: Some(1 << 29),
+            partitions: stored,
+        }]
     }
     fn group_coordinator(&self, _group_id: &str) -> Result<NodeInfo, KernelError> {
         Ok(self.node())
@@ -465,6 +490,15 @@ fn frame<R: Encodable + HeaderVersion>(api_key: ApiKey, version: i16, request: &
     buf.freeze()
 }
 
+/// A DescribeLogDirs frame; v0 has v1's wire format, below the codec's floor.
+fn describe_log_dirs_frame(version: i16, request: &DescribeLogDirsRequest) -> Bytes {
+    let codec_version = version.max(describe_log_dirs::CODEC_FLOOR_VERSION);
+    let body = frame(ApiKey::DescribeLogDirs, codec_version, request);
+    let mut body = BytesMut::from(&body[..]);
+    body[2..4].copy_from_slice(&version.to_be_bytes());
+    body.freeze()
+}
+
 fn request_frame(api_key: ApiKey, version: i16) -> Bytes {
     match api_key {
         ApiKey::ApiVersions => frame(api_key, version, &ApiVersionsRequest::default()),
@@ -540,6 +574,14 @@ fn request_frame(api_key: ApiKey, version: i16) -> Bytes {
             request.resources = vec![resource];
             frame(api_key, version, &request)
         }
+        ApiKey::DescribeLogDirs => {
+            let mut topic = DescribableLogDirTopic::default();
+            topic.topic = topic_name();
+            topic.partitions = vec![0, 1, 7];
+            let mut request = DescribeLogDirsRequest::default();
+            request.topics = Some(vec![topic]);
+            describe_log_dirs_frame(version, &request)
+        }
         other => group_request_frame(other, version)
             .unwrap_or_else(|| panic!("no request builder for registered api {other:?}")),
     }
@@ -603,6 +645,51 @@ fn every_registered_api_answers_at_every_advertised_version() {
 }
 
 #[test]
+fn describe_log_dirs_lists_stored_partitions_only_and_volume_bytes_from_v4() {
+    for version in [0, 1, 3, 4] {
+        let frame = run(request_frame(ApiKey::DescribeLogDirs, version))
+            .expect("answered")
+            .expect("a response");
+        let codec_version = version.max(describe_log_dirs::CODEC_FLOOR_VERSION);
+        let mut body = frame.slice(4..);
+        let header_version = DescribeLogDirsResponse::header_version(codec_version);
+        let header = ResponseHeader::decode(&mut body, header_version).expect("header");
+        assert_eq!(header.correlation_id, 42);
+        let response =
+            DescribeLogDirsResponse::decode(&mut body, codec_version).expect("v{version} body");
+        assert!(body.is_empty(), "v{version}: trailing bytes");
+        let [dir] = &response.results[..] else {
+            panic!(
+                "v{version}: one log dir expected, got {:?}",
+                response.results
+            );
+        };
+        assert_eq!(dir.log_dir.as_str(), "/var/lib/rmq");
+        let [topic] = &dir.topics[..] else {
+            panic!("v{version}: one topic expected, got {:?}", dir.topics);
+        };
+        assert_eq!(topic.name.0.as_str(), "orders");
+        let sizes: Vec<(i32, i64)> = topic
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.partition_size))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![(0, 4096), (1, 4096)],
+            "v{version}: partition 7 is not stored"
+        );
+        // Before v4 the fields are not on the wire; the decoder fills in Kafka's default -1.
+        let volume = if version >= 4 {
+            (1 << 30, 1 << 29)
+        } else {
+            (-1, -1)
+        };
+        assert_eq!((dir.total_bytes, dir.usable_bytes), volume, "v{version}");
+    }
+}
+
+#[test]
 fn api_versions_newer_than_ours_gets_a_v0_unsupported_version_answer() {
     let body = request_frame(ApiKey::ApiVersions, 3);
     let mut body = BytesMut::from(&body[..]);
@@ -659,6 +746,11 @@ fn codec_range(api_key: ApiKey) -> VersionRange {
         ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
         ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
         ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::VERSIONS,
+        // v0 is served as v1 (same wire format), one below the codec's floor.
+        ApiKey::DescribeLogDirs => VersionRange {
+            min: DescribeLogDirsRequest::VERSIONS.min - 1,
+            max: DescribeLogDirsRequest::VERSIONS.max,
+        },
         other => panic!("no codec range for registered api {other:?}"),
     }
 }

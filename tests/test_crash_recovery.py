@@ -11,7 +11,7 @@ import pytest
 from conftest import unique_topic
 from kafka_util import consume_all, create_topic, producer
 
-CYCLES = int(os.environ.get("RMQ_CRASH_CYCLES", "15"))
+CYCLES = int(os.environ.get("RMQ_CRASH_CYCLES", "20"))
 PARTITIONS = 3
 MIN_ACKS, MAX_ACKS = 1000, 6000   # kill once a random number in this range is acked
 SEED = int(os.environ.get("RMQ_CRASH_SEED", "20261121"))

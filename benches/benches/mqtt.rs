@@ -1,5 +1,5 @@
-//! MQTT hot paths on mqttbytes: PUBLISH encode and decode, 3.1.1 (v4) and 5.0 (v5), QoS 0/1,
-//! 100-byte and 1 KiB payloads.
+//! MQTT hot paths: PUBLISH encode and decode on mqttbytes, 3.1.1 (v4) and 5.0 (v5), QoS 0/1,
+//! 100-byte and 1 KiB payloads; topic-filter matching in the broker's subscription trie.
 //!
 //!     cargo bench -p rmq-bench --bench mqtt
 
@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mqttbytes::{v4, v5, QoS};
+use rmq_protocols::mqtt::topic::matches;
+use rmq_protocols::mqtt::trie::SubscriptionTrie;
 
 /// mqttbytes' frame cap for the decode calls (the payload sizes here are far below it).
 const MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -74,12 +76,59 @@ fn publish_v5(c: &mut Criterion) {
     g.finish();
 }
 
+/// A fleet-shaped trie: `devices` devices each subscribed to their own command topic, plus
+/// per-building `+` wildcards and a few `#` monitors; `levels` are like
+/// `fleet/b{building}/d{device}/cmd`.
+fn fleet_trie(devices: u32) -> SubscriptionTrie<u32, u8> {
+    let mut trie = SubscriptionTrie::default();
+    for d in 0..devices {
+        trie.insert(&format!("fleet/b{}/d{d}/cmd", d % 100), d, 0);
+    }
+    for b in 0..100u32 {
+        trie.insert(&format!("fleet/b{b}/+/telemetry"), devices + b, 0);
+    }
+    trie.insert("fleet/#", devices + 1_000, 0);
+    trie.insert("$SYS/#", devices + 1_001, 0);
+    trie.insert("+/+/+/alarm", devices + 1_002, 0);
+    trie
+}
+
+fn topic_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mqtt_topic_match");
+    g.throughput(Throughput::Elements(1));
+    for devices in [1_000u32, 100_000] {
+        let trie = fleet_trie(devices);
+        for (name, topic) in [
+            ("exact", "fleet/b7/d507/cmd"),
+            ("wildcards", "fleet/b7/d507/telemetry"),
+            ("no_subscriber", "other/b7/d507/x"),
+        ] {
+            g.bench_function(format!("trie_{devices}_{name}"), |b| {
+                b.iter(|| {
+                    let mut hits = 0u32;
+                    trie.for_each_match(black_box(topic), |_, _| hits += 1);
+                    black_box(hits)
+                })
+            });
+        }
+    }
+    g.bench_function("single_filter_plus_hash", |b| {
+        b.iter(|| {
+            black_box(matches(
+                black_box("fleet/+/+/#"),
+                black_box("fleet/b7/d507/telemetry"),
+            ))
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = publish_v4, publish_v5
+    targets = publish_v4, publish_v5, topic_match
 }
 criterion_main!(benches);

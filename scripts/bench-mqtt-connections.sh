@@ -72,7 +72,7 @@ measure() {
 # rmq-node
 port="$(free_port)"
 "$RMQ_NODE" --cores "$CORES" --data-dir "$WORK/rmq-data" --kafka-addr 127.0.0.1:0 \
-    --mqtt-addr "127.0.0.1:$port" --admin-addr 127.0.0.1:0 >"$WORK/rmq.log" 2>&1 &
+    --mqtt-addr "127.0.0.1:$port" --mqtt-ws-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 >"$WORK/rmq.log" 2>&1 &
 rmq_pid=$!
 PIDS+=("$rmq_pid")
 deadline=$((SECONDS + READY_TIMEOUT_S))

@@ -72,7 +72,7 @@ start_broker() {
     : >"$LOG"
     START_MS="$(now_ms)"
     "$RMQ_NODE" --cores "$CORES" --data-dir "$DATA_DIR" --kafka-addr 127.0.0.1:0 \
-        --mqtt-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 >"$LOG" 2>&1 &
+        --mqtt-addr 127.0.0.1:0 --mqtt-ws-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 >"$LOG" 2>&1 &
     BROKER_PID=$!
     ADDR=""
     while [[ -z "$ADDR" ]]; do

@@ -115,13 +115,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# rmq-node: port 0, real addresses from its ready line. The MQTT listener is asked for only
-# when the binary has the flag.
+# rmq-node: port 0 for every listener, real addresses from its ready line.
 RMQ_ARGS_NODE=(--cores "$CORES" --data-dir "$DATA_DIR" --kafka-addr 127.0.0.1:0
-  --admin-addr 127.0.0.1:0)
-if "$RMQ_NODE" --help 2>/dev/null | grep -q -- '--mqtt-addr'; then
-    RMQ_ARGS_NODE+=(--mqtt-addr 127.0.0.1:0)
-fi
+  --mqtt-addr 127.0.0.1:0 --mqtt-ws-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0)
 "$RMQ_NODE" "${RMQ_ARGS_NODE[@]}" >"$OUT_DIR/rmq-node.log" 2>&1 &
 RMQ_PID=$!
 READY=""

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 READY_RE = re.compile(r"^rmq-node ready kafka=(?P<host>[^\s:]+):(?P<port>\d+)(\s.*)?$")
 MQTT_READY_RE = re.compile(r"\smqtt=(?P<host>[^\s:]+):(?P<port>\d+)(\s|$)")
+MQTT_WS_READY_RE = re.compile(r"\smqtt-ws=(?P<host>[^\s:]+):(?P<port>\d+)(\s|$)")
 START_TIMEOUT_S = float(os.environ.get("RMQ_START_TIMEOUT_S", "30"))
 STOP_TIMEOUT_S = 5.0
 
@@ -106,6 +107,7 @@ class Broker(object):
         self.host = None
         self.port = None
         self.mqtt_port = None
+        self.mqtt_ws_port = None
         self.stdout_lines = []
         self._lines = None
         self._reader = None
@@ -128,6 +130,7 @@ class Broker(object):
     def args(self):
         args = [node_bin(), "--cores", str(self.cores), "--data-dir", self.data_dir,
                 "--kafka-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
+                "--mqtt-ws-addr", "127.0.0.1:0",
                 "--admin-addr", "127.0.0.1:0", "--log-level", "info"]
         if self.node_id is not None:
             args += ["--node-id", str(self.node_id)]
@@ -177,6 +180,8 @@ class Broker(object):
             assert self.port != 0, "ready line reports port 0: %r" % line
             mqtt = MQTT_READY_RE.search(line)
             self.mqtt_port = int(mqtt.group("port")) if mqtt else None
+            mqtt_ws = MQTT_WS_READY_RE.search(line)
+            self.mqtt_ws_port = int(mqtt_ws.group("port")) if mqtt_ws else None
             return self
 
     @staticmethod

@@ -25,10 +25,12 @@ def unique_id(prefix="c"):
 
 
 class Client(object):
-    """A connected paho client; received messages are kept in order in .messages."""
+    """A connected paho client (over WebSocket when websocket_path is given); received messages
+    are kept in order in .messages."""
 
     def __init__(self, port, client_id=None, protocol=V311, clean=True, keepalive=60,
-                 will=None, connect_properties=None, host="127.0.0.1", wait=True):
+                 will=None, connect_properties=None, host="127.0.0.1", wait=True,
+                 websocket_path=None):
         self.protocol = protocol
         self.client_id = client_id if client_id is not None else unique_id()
         self.lock = threading.Lock()
@@ -41,8 +43,12 @@ class Client(object):
         kwargs = {}
         if protocol != V5:
             kwargs["clean_session"] = clean
+        if websocket_path is not None:
+            kwargs["transport"] = "websockets"
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=protocol, reconnect_on_failure=False, **kwargs)
+        if websocket_path is not None:
+            self.c.ws_set_options(path=websocket_path)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_disconnect = self._on_disconnect
@@ -299,3 +305,66 @@ def publish_fields(body, qos, level=4):
                 break
         rest = rest[n + plen:]
     return topic, pkid, rest
+
+
+# v5 property identifiers by value type (MQTT 5 section 2.2.2.2).
+_BYTE_PROPS = {0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A}
+_U16_PROPS = {0x13, 0x21, 0x22, 0x23}
+_U32_PROPS = {0x02, 0x11, 0x18, 0x27}
+_STRING_PROPS = {0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F}
+
+
+def read_varint(data, offset):
+    """(value, next offset) of the variable byte integer at data[offset:]."""
+    value, shift = 0, 0
+    while True:
+        byte = data[offset]
+        value |= (byte & 0x7F) << shift
+        offset += 1
+        shift += 7
+        if not byte & 0x80:
+            return value, offset
+
+
+def read_properties(data, offset):
+    """v5 properties at data[offset:] (length first): ({identifier: [values]}, next offset).
+    Integers decode to int, strings and binary data stay bytes, user properties are pairs."""
+    length, i = read_varint(data, offset)
+    end = i + length
+    props = {}
+    while i < end:
+        ident = data[i]
+        i += 1
+        if ident in _BYTE_PROPS:
+            value, i = data[i], i + 1
+        elif ident in _U16_PROPS:
+            (value,), i = struct.unpack(">H", data[i:i + 2]), i + 2
+        elif ident in _U32_PROPS:
+            (value,), i = struct.unpack(">I", data[i:i + 4]), i + 4
+        elif ident == 0x0B:
+            value, i = read_varint(data, i)
+        elif ident in _STRING_PROPS:
+            (n,) = struct.unpack(">H", data[i:i + 2])
+            value, i = data[i + 2:i + 2 + n], i + 2 + n
+        elif ident == 0x26:
+            (n,) = struct.unpack(">H", data[i:i + 2])
+            key, i = data[i + 2:i + 2 + n], i + 2 + n
+            (n,) = struct.unpack(">H", data[i:i + 2])
+            value, i = (key, data[i + 2:i + 2 + n]), i + 2 + n
+        else:
+            raise AssertionError("unknown property identifier %#x" % ident)
+        props.setdefault(ident, []).append(value)
+    return props, end
+
+
+def publish_v5_fields(body, qos):
+    """(topic, pkid, properties, payload) of a v5 PUBLISH body."""
+    (tlen,) = struct.unpack(">H", body[:2])
+    topic = body[2:2 + tlen].decode()
+    offset = 2 + tlen
+    pkid = 0
+    if qos:
+        (pkid,) = struct.unpack(">H", body[offset:offset + 2])
+        offset += 2
+    props, offset = read_properties(body, offset)
+    return topic, pkid, props, body[offset:]

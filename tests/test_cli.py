@@ -61,7 +61,8 @@ def test_second_node_on_the_same_data_dir_is_refused(broker):
     from conftest import node_bin
     second = subprocess.run(
         [node_bin(), "--cores", "1", "--data-dir", broker.data_dir,
-         "--kafka-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+         "--kafka-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0",
+         "--admin-addr", "127.0.0.1:0"],
         capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert second.returncode != 0, second
     assert b"ready" not in second.stdout, second.stdout

@@ -28,7 +28,7 @@ def test_connack_announces_limits_and_assigns_a_client_id(broker):
     assert props.ReceiveMaximum == 1024
     assert props.TopicAliasMaximum == 64
     assert props.MaximumPacketSize == 1024 * 1024
-    assert props.SharedSubscriptionAvailable == 0
+    assert props.SharedSubscriptionAvailable == 1
 
 
 def test_message_properties_pass_through(broker):
@@ -180,9 +180,9 @@ def test_retain_handling_never_and_only_on_new_subscription(broker):
     assert d.payloads() == [b"kept", b"marker"]
 
 
-def test_shared_subscriptions_and_bad_filters_get_reason_codes(broker):
+def test_bad_filters_get_reason_codes(broker):
     c = Client(broker.mqtt_port, protocol=V5)
-    assert c.subscribe("$share/g/t", 1) == [0x9E]
+    assert c.subscribe("$share/g", 1) == [0x8F]
     for level, codes in ((5, b"\x00\x01\x00\x01\x8f"), (4, b"\x00\x01\x01\x80")):
         raw, _ = raw_connect(broker.mqtt_port, unique_id(), level=level)
         raw.send(subscribe_packet(1, [("ok/t", 1), ("a/#/b", 1)], level=level))

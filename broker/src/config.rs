@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use rmq_protocols::mqtt::MqttConfig;
 use serde::Deserialize;
 
 use crate::constants::{
     DEFAULT_ADMIN_ADDR, DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS, DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
     DEFAULT_OFFSETS_TOPIC_PARTITIONS, DEFAULT_SOCKET_REQUEST_MAX_BYTES,
-    REQUEST_MEMORY_PER_SHARD_BYTES,
+    LOG_CLEANER_INTERVAL_MS_DEFAULT, LOG_CLEANER_INTERVAL_MS_MIN, REQUEST_MEMORY_PER_SHARD_BYTES,
 };
 use crate::group::state::GroupConfig;
 
@@ -37,6 +38,10 @@ pub struct Cli {
     /// Default: 0.0.0.0:1883
     #[arg(long, value_name = "HOST:PORT")]
     pub mqtt_addr: Option<String>,
+    /// MQTT over WebSocket listener (path /mqtt, subprotocol mqtt), HOST:PORT.
+    /// Default: 0.0.0.0:8083
+    #[arg(long, value_name = "HOST:PORT")]
+    pub mqtt_ws_addr: Option<String>,
     /// Admin HTTP listener (/metrics, /v1/health, /v1/topics, /v1/groups), HOST:PORT.
     /// Default: 0.0.0.0:9644
     #[arg(long, value_name = "HOST:PORT")]
@@ -62,6 +67,7 @@ pub struct FileConfig {
     pub kafka_addr: Option<String>,
     pub advertised_kafka_addr: Option<String>,
     pub mqtt_addr: Option<String>,
+    pub mqtt_ws_addr: Option<String>,
     pub admin_addr: Option<String>,
     pub node_id: Option<i32>,
     pub log_level: Option<String>,
@@ -72,6 +78,17 @@ pub struct FileConfig {
     pub group_min_session_timeout_ms: Option<i32>,
     pub group_max_session_timeout_ms: Option<i32>,
     pub offsets_topic_num_partitions: Option<i32>,
+    pub log_cleaner_interval_ms: Option<u64>,
+    /// The `[mqtt]` table (`mqtt.max_keep_alive_s = 60`).
+    pub mqtt: Option<MqttFileConfig>,
+}
+
+/// The `mqtt.*` keys of the TOML file (see `rmq_protocols::mqtt::MqttConfig`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MqttFileConfig {
+    /// Longest keep-alive granted to MQTT clients, 1..=65535 s. Default 65535 (no cap).
+    pub max_keep_alive_s: Option<u16>,
 }
 
 /// The resolved configuration every shard receives (a read-only copy).
@@ -82,6 +99,7 @@ pub struct NodeConfig {
     pub kafka_addr: SocketAddr,
     pub advertised_kafka_addr: Option<(String, u16)>,
     pub mqtt_addr: SocketAddr,
+    pub mqtt_ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub node_id: i32,
     pub log_level: String,
@@ -92,6 +110,11 @@ pub struct NodeConfig {
     pub group: GroupConfig,
     /// Partitions of `__consumer_offsets` when it is created (first start).
     pub offsets_topic_num_partitions: i32,
+    /// How often each shard runs a log-cleaner pass over its compacted partitions that are
+    /// due (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_interval_ms: u64,
+    /// `mqtt.*` settings of the MQTT layer.
+    pub mqtt: MqttConfig,
 }
 
 impl NodeConfig {
@@ -120,6 +143,11 @@ impl NodeConfig {
             .or(file.mqtt_addr)
             .unwrap_or_else(|| "0.0.0.0:1883".to_string());
         let mqtt_addr = resolve(&mqtt_addr).context("--mqtt-addr")?;
+        let mqtt_ws_addr = cli
+            .mqtt_ws_addr
+            .or(file.mqtt_ws_addr)
+            .unwrap_or_else(|| "0.0.0.0:8083".to_string());
+        let mqtt_ws_addr = resolve(&mqtt_ws_addr).context("--mqtt-ws-addr")?;
         let admin_addr = cli
             .admin_addr
             .or(file.admin_addr)
@@ -166,6 +194,7 @@ impl NodeConfig {
         if offsets_topic_num_partitions < 1 {
             bail!("offsets_topic_num_partitions must be at least 1");
         }
+        let mqtt = mqtt_config(file.mqtt.unwrap_or_default())?;
         Ok(NodeConfig {
             cores,
             data_dir: cli
@@ -175,6 +204,7 @@ impl NodeConfig {
             kafka_addr,
             advertised_kafka_addr,
             mqtt_addr,
+            mqtt_ws_addr,
             admin_addr,
             node_id: cli.node_id.or(file.node_id).unwrap_or(0),
             log_level: cli
@@ -186,8 +216,24 @@ impl NodeConfig {
             socket_request_max_bytes,
             group,
             offsets_topic_num_partitions,
+            log_cleaner_interval_ms: file
+                .log_cleaner_interval_ms
+                .unwrap_or(LOG_CLEANER_INTERVAL_MS_DEFAULT)
+                .max(LOG_CLEANER_INTERVAL_MS_MIN),
+            mqtt,
         })
     }
+}
+
+fn mqtt_config(file: MqttFileConfig) -> anyhow::Result<MqttConfig> {
+    let mut config = MqttConfig::default();
+    if let Some(max_keep_alive_s) = file.max_keep_alive_s {
+        if max_keep_alive_s == 0 {
+            bail!("mqtt.max_keep_alive_s must be between 1 and 65535");
+        }
+        config.max_keep_alive_s = max_keep_alive_s;
+    }
+    Ok(config)
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -235,5 +281,26 @@ mod tests {
     #[test]
     fn unknown_config_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
+        assert!(toml::from_str::<FileConfig>("mqtt.no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn mqtt_keep_alive_cap_is_read_from_a_dotted_key_or_a_table() {
+        for text in [
+            "mqtt.max_keep_alive_s = 5\n",
+            "[mqtt]\nmax_keep_alive_s = 5\n",
+        ] {
+            let file = toml::from_str::<FileConfig>(text).expect("valid config");
+            let config = mqtt_config(file.mqtt.unwrap_or_default()).expect("valid mqtt config");
+            assert_eq!(config.max_keep_alive_s, 5);
+        }
+        let zero = MqttFileConfig {
+            max_keep_alive_s: Some(0),
+        };
+        assert!(mqtt_config(zero).is_err());
+        assert_eq!(
+            mqtt_config(MqttFileConfig::default()).expect("default"),
+            MqttConfig::default()
+        );
     }
 }

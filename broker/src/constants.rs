@@ -22,6 +22,18 @@ pub const MAX_CONNECTIONS_PER_SHARD: usize = 10_000;
 /// How often each shard applies retention (`retention.ms`, `retention.bytes`) to its logs.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 5_000;
 
+/// Default pause between log-cleaner rounds on each shard (Kafka's `log.cleaner.backoff.ms`,
+/// 15 s); TOML key `log_cleaner_interval_ms`. A round is one pass per compacted partition that
+/// is due (`min.cleanable.dirty.ratio` reached or a tombstone horizon passed).
+pub const LOG_CLEANER_INTERVAL_MS_DEFAULT: u64 = 15_000;
+
+/// Shortest `log_cleaner_interval_ms` accepted: 10 ms, so a misconfigured 0 cannot spin.
+pub const LOG_CLEANER_INTERVAL_MS_MIN: u64 = 10;
+
+/// Shares of the log cleaner's task queue against glommio's default of 1000: under
+/// contention the cleaner gets 100 / 1100 ~= 9% of a shard's core and requests the rest.
+pub const LOG_CLEANER_TASK_QUEUE_SHARES: usize = 100;
+
 /// How long shutdown waits for in-flight requests before closing the logs anyway; with the
 /// log flush this stays inside the 5 s shutdown promise.
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 3_000;

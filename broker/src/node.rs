@@ -12,15 +12,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
-use rmq_protocols::kernel::{KernelError, NodeInfo, TopicSpec};
+use rmq_protocols::kernel::{ConfigChange, KernelError, NodeInfo, TopicSpec};
 use tracing::{error, info, warn};
 
 use crate::admin_http;
 use crate::config::NodeConfig;
 use crate::constants::{
-    GROUP_TICK_INTERVAL_MS, MESH_CHANNEL_CAPACITY, METRICS_REFRESH_INTERVAL_MS,
-    OFFSETS_TOPIC_SEGMENT_BYTES, RETENTION_CHECK_INTERVAL_MS, SHARD_IO_MEMORY_BYTES,
-    SHUTDOWN_DRAIN_TIMEOUT_MS,
+    GROUP_TICK_INTERVAL_MS, LOG_CLEANER_TASK_QUEUE_SHARES, MESH_CHANNEL_CAPACITY,
+    METRICS_REFRESH_INTERVAL_MS, OFFSETS_TOPIC_SEGMENT_BYTES, RETENTION_CHECK_INTERVAL_MS,
+    SHARD_IO_MEMORY_BYTES, SHUTDOWN_DRAIN_TIMEOUT_MS,
 };
 use crate::controller::{Controller, ControllerReply, ControllerRequest};
 use crate::group::{monotonic_ms, OFFSETS_TOPIC};
@@ -47,6 +47,7 @@ struct ShardStart {
     next_shard_id: Arc<AtomicUsize>,
     bound: BoundSlot,
     mqtt_bound: BoundSlot,
+    mqtt_ws_bound: BoundSlot,
     /// One per shard, indexed by shard id; the admin HTTP thread reads them.
     metrics: Arc<Vec<Arc<ShardMetrics>>>,
     ready: std::sync::mpsc::Sender<Result<(u16, SocketAddr), String>>,
@@ -143,6 +144,7 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     .context("cannot install signal handlers")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mqtt_bound: BoundSlot = Arc::new((Mutex::new(None), Condvar::new()));
+    let mqtt_ws_bound: BoundSlot = Arc::new((Mutex::new(None), Condvar::new()));
     let (shutdown_tx, shutdown_rx) = flume::bounded(config.cores);
     let shard_metrics: Arc<Vec<Arc<ShardMetrics>>> = Arc::new(
         (0..config.cores)
@@ -157,6 +159,7 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         next_shard_id: Arc::new(AtomicUsize::new(0)),
         bound: Arc::new((Mutex::new(None), Condvar::new())),
         mqtt_bound: mqtt_bound.clone(),
+        mqtt_ws_bound: mqtt_ws_bound.clone(),
         ready: ready_tx,
         shutdown: shutdown_rx,
     };
@@ -174,9 +177,12 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start shard executors: {e}"))?;
     let addr = wait_ready(&ready_rx, config.cores)?;
     let mqtt_addr = bound_address(&mqtt_bound)?;
+    let mqtt_ws_addr = bound_address(&mqtt_ws_bound)?;
     let admin_addr = admin_http::start(config.admin_addr, addr, shard_metrics.to_vec())
         .context("--admin-addr")?;
-    println!("rmq-node ready kafka={addr} mqtt={mqtt_addr} admin={admin_addr}");
+    println!(
+        "rmq-node ready kafka={addr} mqtt={mqtt_addr} mqtt-ws={mqtt_ws_addr} admin={admin_addr}"
+    );
     use std::io::Write;
     std::io::stdout().flush().ok();
     wait_for_signal(signals, shutdown_tx, config.cores);
@@ -271,10 +277,12 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     shard.apply_metadata(start.metadata.clone()).await;
     spawn_mesh_receivers(&shard, receivers);
     spawn_retention(&shard);
+    spawn_log_cleaner(&shard);
     spawn_group_ticks(&shard);
     spawn_metrics_refresh(&shard);
     let listener = bind_listener(&shard, shard.config.kafka_addr, &start.bound)?;
     let mqtt_listener = bind_listener(&shard, shard.config.mqtt_addr, &start.mqtt_bound)?;
+    let mqtt_ws_listener = bind_listener(&shard, shard.config.mqtt_ws_addr, &start.mqtt_ws_bound)?;
     // After the bind: the other shards wait for shard 0's port before they serve the mesh
     // broadcast that creating the topic waits for.
     if id.0 == 0 {
@@ -288,10 +296,15 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     let accept = glommio::spawn_local(kafka_listener::accept_loop(shard.clone(), listener));
     let mqtt_accept =
         glommio::spawn_local(mqtt::listener::accept_loop(shard.clone(), mqtt_listener));
+    let mqtt_ws_accept = glommio::spawn_local(mqtt::websocket::accept_loop(
+        shard.clone(),
+        mqtt_ws_listener,
+    ));
     let _ = start.shutdown.recv_async().await;
     shard.begin_shutdown();
     drop(accept);
     drop(mqtt_accept);
+    drop(mqtt_ws_accept);
     drain(&shard).await;
     shard.logs.close_all().await.context("closing logs")?;
     info!(shard = id.0, "shard stopped");
@@ -360,11 +373,17 @@ fn advertised(config: &NodeConfig, bound: SocketAddr) -> NodeInfo {
     }
 }
 
-/// Creates `__consumer_offsets` on the first start. It keeps its records until compaction
-/// exists (`retention.ms=-1`): committed offsets must never age out.
+/// Creates `__consumer_offsets` on the first start as a compacted topic, as Kafka does
+/// (`cleanup.policy=compact`: the latest commit per group and partition is kept, deleted
+/// offsets go once `delete.retention.ms` has passed; `retention.ms=-1` besides, so nothing
+/// ages out even if the policy is changed to include delete). A topic created before
+/// compaction existed is switched to `cleanup.policy=compact`.
 async fn ensure_offsets_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
-    if shard.metadata().topics.contains_key(OFFSETS_TOPIC) {
-        return Ok(());
+    if let Some(topic) = shard.metadata().topics.get(OFFSETS_TOPIC) {
+        if topic.configs.get("cleanup.policy").map(String::as_str) == Some("compact") {
+            return Ok(());
+        }
+        return make_offsets_topic_compacted(shard).await;
     }
     let controller = shard
         .controller
@@ -375,6 +394,7 @@ async fn ensure_offsets_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
         partition_count: shard.config.offsets_topic_num_partitions,
         replication_factor: -1,
         configs: vec![
+            ("cleanup.policy".to_string(), Some("compact".to_string())),
             ("retention.ms".to_string(), Some("-1".to_string())),
             (
                 "segment.bytes".to_string(),
@@ -393,6 +413,33 @@ async fn ensure_offsets_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
             None => bail!("cannot create {OFFSETS_TOPIC}: no answer"),
         },
         _ => bail!("cannot create {OFFSETS_TOPIC}: unexpected controller answer"),
+    }
+}
+
+/// Sets `cleanup.policy=compact` on an existing `__consumer_offsets` (other configs kept).
+async fn make_offsets_topic_compacted(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    let controller = shard
+        .controller
+        .as_ref()
+        .context("the controller runs on shard 0")?;
+    let request = ControllerRequest::AlterTopicConfigs {
+        name: OFFSETS_TOPIC.to_string(),
+        changes: vec![ConfigChange::Set {
+            name: "cleanup.policy".to_string(),
+            value: "compact".to_string(),
+        }],
+        replace_all: false,
+        validate_only: false,
+    };
+    match controller.handle(shard, request).await {
+        ControllerReply::AlterTopicConfigs(Ok(())) => {
+            info!("{OFFSETS_TOPIC} is now a compacted topic");
+            Ok(())
+        }
+        ControllerReply::AlterTopicConfigs(Err(e)) => {
+            bail!("cannot make {OFFSETS_TOPIC} compacted: {e}")
+        }
+        _ => bail!("cannot make {OFFSETS_TOPIC} compacted: unexpected controller answer"),
     }
 }
 
@@ -438,6 +485,33 @@ fn spawn_retention(shard: &Rc<Shard>) {
         }
     })
     .detach();
+}
+
+/// Compacts this shard's `cleanup.policy=compact` partitions every `log_cleaner_interval_ms`,
+/// in a task queue of its own with a tenth of the default shares: when requests and the
+/// cleaner both have work, requests get ~90% of the core, and the cleaner yields between
+/// batches (`LogManager::compact_all` runs one partition at a time, one key map per shard).
+fn spawn_log_cleaner(shard: &Rc<Shard>) {
+    let interval = Duration::from_millis(shard.config.log_cleaner_interval_ms);
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(LOG_CLEANER_TASK_QUEUE_SHARES),
+        glommio::Latency::NotImportant,
+        "log-cleaner",
+    );
+    let id = shard.id.0;
+    let shard = shard.clone();
+    let cleaner = async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            shard.logs.compact_all(now_ms()).await;
+        }
+    };
+    match glommio::spawn_local_into(cleaner, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => error!(shard = id, error = %e, "cannot start the log cleaner"),
+    }
 }
 
 /// Waits until in-flight requests are answered, up to the drain timeout.

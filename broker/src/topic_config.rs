@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rmq_protocols::kernel::{ConfigEntry, KernelError};
-use rmq_storage::{LogConfig, StorageEngine};
+use rmq_storage::{CleanupPolicy, LogConfig, StorageEngine};
 
 /// One topic config key: name, Kafka default, and whether we accept a value for it.
 struct ConfigKey {
@@ -52,6 +52,20 @@ fn check_max_message_bytes(value: &str) -> Result<(), String> {
     }
 }
 
+fn cleanup_policy(value: &str) -> Result<(), String> {
+    match CleanupPolicy::parse(value) {
+        Some(_) => Ok(()),
+        None => Err("supported values: delete, compact, compact,delete".to_string()),
+    }
+}
+
+fn ratio(value: &str) -> Result<(), String> {
+    match value.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+        _ => Err("must be a number between 0 and 1".to_string()),
+    }
+}
+
 fn one_of(value: &str, allowed: &[&str]) -> Result<(), String> {
     if allowed.contains(&value) {
         Ok(())
@@ -70,10 +84,12 @@ const MAX_MESSAGE_BYTES_MIN: usize = 64;
 const MAX_MESSAGE_BYTES_MAX: usize = 100 * 1024 * 1024;
 
 const CONFIG_KEYS: &[ConfigKey] = &[
+    // `compact` keeps the latest record per key (the log cleaner runs on the partition's
+    // shard every `log_cleaner_interval_ms`); with `compact` alone retention deletes nothing.
     ConfigKey {
         name: "cleanup.policy",
         default: "delete",
-        validate: |v| one_of(v, &["delete"]),
+        validate: cleanup_policy,
     },
     ConfigKey {
         name: "compression.type",
@@ -83,6 +99,11 @@ const CONFIG_KEYS: &[ConfigKey] = &[
     // Kafka semantics: fdatasync after this many records / once the oldest unsynced write is
     // this old. Our defaults (1 record, i.e. every record) make the fdatasync covering a batch
     // precede its acks=all answer; relaxing both lets acks=all answer once written.
+    ConfigKey {
+        name: "delete.retention.ms",
+        default: "86400000",
+        validate: non_negative_i64,
+    },
     ConfigKey {
         name: "flush.messages",
         default: "1",
@@ -107,6 +128,16 @@ const CONFIG_KEYS: &[ConfigKey] = &[
         name: "message.timestamp.type",
         default: "CreateTime",
         validate: |v| one_of(v, &["CreateTime"]),
+    },
+    ConfigKey {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        validate: ratio,
+    },
+    ConfigKey {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        validate: non_negative_i64,
     },
     ConfigKey {
         name: "min.insync.replicas",
@@ -158,6 +189,14 @@ pub fn validate(
             stored.insert(name.clone(), value.clone());
         }
     }
+    let compacts =
+        CleanupPolicy::parse(value(&stored, "cleanup.policy")).is_some_and(CleanupPolicy::compacts);
+    if compacts && value(&stored, "storage.engine") == StorageEngine::Memory.name() {
+        return Err(KernelError::InvalidConfig(
+            "cleanup.policy=compact needs storage.engine=file: the memory engine does not compact"
+                .to_string(),
+        ));
+    }
     Ok(stored)
 }
 
@@ -203,6 +242,19 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> LogConfig {
         engine: StorageEngine::parse(value(configs, "storage.engine")).unwrap_or(defaults.engine),
         flush_messages: parsed(configs, "flush.messages", defaults.flush_messages),
         flush_ms: parsed(configs, "flush.ms", defaults.flush_ms),
+        cleanup_policy: CleanupPolicy::parse(value(configs, "cleanup.policy"))
+            .unwrap_or(defaults.cleanup_policy),
+        delete_retention_ms: parsed(configs, "delete.retention.ms", defaults.delete_retention_ms),
+        min_cleanable_dirty_ratio: parsed(
+            configs,
+            "min.cleanable.dirty.ratio",
+            defaults.min_cleanable_dirty_ratio,
+        ),
+        min_compaction_lag_ms: parsed(
+            configs,
+            "min.compaction.lag.ms",
+            defaults.min_compaction_lag_ms,
+        ),
     }
 }
 
@@ -222,6 +274,47 @@ pub fn describe(configs: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn configs(pairs: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), Some(value.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn compaction_configs_reach_the_log_config() {
+        let stored = validate(&configs(&[
+            ("cleanup.policy", "compact,delete"),
+            ("delete.retention.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+            ("min.compaction.lag.ms", "50"),
+        ]))
+        .expect("valid");
+        let log = log_config(&stored);
+        assert_eq!(log.cleanup_policy, CleanupPolicy::CompactDelete);
+        assert_eq!(log.delete_retention_ms, 1000);
+        assert_eq!(log.min_cleanable_dirty_ratio, 0.1);
+        assert_eq!(log.min_compaction_lag_ms, 50);
+        let compact = validate(&configs(&[("cleanup.policy", "compact")])).expect("valid");
+        assert_eq!(log_config(&compact).cleanup_policy, CleanupPolicy::Compact);
+        let defaults = log_config(&BTreeMap::new());
+        assert_eq!(defaults.cleanup_policy, CleanupPolicy::Delete);
+        assert_eq!(defaults.delete_retention_ms, 86_400_000);
+        assert_eq!(defaults.min_cleanable_dirty_ratio, 0.5);
+        for bad in [
+            &[("cleanup.policy", "shred")][..],
+            &[("cleanup.policy", "")],
+            &[("min.cleanable.dirty.ratio", "1.5")],
+            &[("delete.retention.ms", "-1")],
+            &[("cleanup.policy", "compact"), ("storage.engine", "memory")],
+        ] {
+            assert!(
+                matches!(validate(&configs(bad)), Err(KernelError::InvalidConfig(_))),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn unknown_and_invalid_configs_are_rejected() {

@@ -1,6 +1,6 @@
-//! Kafka RecordBatch v2 framing: header parsing, validation of produce payloads, and the two
-//! in-place rewrites the log performs (base offset and partition leader epoch, which the CRC
-//! does not cover).
+//! Kafka RecordBatch v2 framing: header parsing, validation of produce payloads and of stored
+//! batches (which compaction may have thinned), and the two in-place rewrites the log performs
+//! (base offset and partition leader epoch, which the CRC does not cover).
 //!
 //! Concurrency contract: pure functions over byte slices; no state.
 
@@ -16,10 +16,17 @@ const BATCH_LENGTH_MIN: i32 = (RECORD_BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_B
 const PARTITION_LEADER_EPOCH_POSITION: usize = 12;
 const MAGIC_POSITION: usize = 16;
 /// The CRC32C covers everything from `attributes` to the end of the batch.
-const CRC_COVERED_FROM: usize = 21;
+pub(crate) const CRC_COVERED_FROM: usize = 21;
+/// Bits 0-2 of `attributes`: the compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+pub(crate) const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
+/// Bit 3: timestamps are the broker's LogAppendTime (`max_timestamp`), not CreateTime.
+const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 const ATTRIBUTE_CONTROL: i16 = 0x20;
-const MAGIC_V2: i8 = 2;
+/// Bit 6 (KIP-534): `base_timestamp` holds the delete horizon of the batch's tombstones, set by
+/// the log cleaner; record timestamps stay `base_timestamp + timestamp_delta`.
+pub(crate) const ATTRIBUTE_DELETE_HORIZON: i16 = 0x40;
+pub(crate) const MAGIC_V2: i8 = 2;
 
 /// The fixed header of one RecordBatch v2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +66,12 @@ pub enum BatchError {
         records_count: i32,
         last_offset_delta: i32,
     },
+    /// A compacted topic accepts only keyed records (Kafka refuses the rest the same way).
+    #[error("compacted topic cannot accept a record without a key")]
+    MissingKey,
+    /// The records inside the batch do not parse (the CRC only says they arrived intact).
+    #[error("bad records: {0}")]
+    BadRecords(String),
 }
 
 fn read_i64(buf: &[u8], at: usize) -> i64 {
@@ -128,6 +141,20 @@ impl BatchHeader {
         self.attributes & ATTRIBUTE_CONTROL != 0
     }
 
+    /// The compression codec id: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd (others are invalid).
+    pub fn compression_codec(&self) -> i16 {
+        self.attributes & ATTRIBUTE_COMPRESSION_MASK
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0
+    }
+
+    /// The KIP-534 delete horizon of the batch's tombstones, if the cleaner has set one.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & ATTRIBUTE_DELETE_HORIZON != 0).then_some(self.base_timestamp)
+    }
+
     /// The sequence number of the last record, wrapping past i32::MAX as Kafka does.
     pub fn last_sequence(&self) -> i32 {
         self.base_sequence.wrapping_add(self.last_offset_delta) & i32::MAX
@@ -140,8 +167,32 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[CRC_COVERED_FROM..])
 }
 
-/// Parses and fully checks the batch at the start of `buf`: bounds, CRC, record count.
+/// How strictly `validate_with` checks the record count against the offsets a batch spans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecordCount {
+    /// As produced: `records_count >= 1` and `last_offset_delta == records_count - 1`.
+    Dense,
+    /// As stored: the log cleaner keeps `base_offset` and `last_offset_delta` of a batch it
+    /// thins, so `0 <= records_count <= last_offset_delta + 1` (Kafka's rule too).
+    Thinned,
+}
+
+/// Parses and fully checks a produced batch at the start of `buf`: bounds, CRC, record count.
 pub fn validate_one(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    validate_with(buf, max_batch_bytes, RecordCount::Dense)
+}
+
+/// Parses and fully checks a stored batch at the start of `buf`: as `validate_one`, but a
+/// batch thinned by compaction may hold fewer records than offsets, even none.
+pub fn validate_stored_one(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    validate_with(buf, max_batch_bytes, RecordCount::Thinned)
+}
+
+fn validate_with(
+    buf: &[u8],
+    max_batch_bytes: usize,
+    count_rule: RecordCount,
+) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(buf)?;
     let size_bytes = header.total_size_bytes();
     if size_bytes > max_batch_bytes {
@@ -160,7 +211,17 @@ pub fn validate_one(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, B
             computed,
         });
     }
-    if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+    let count_ok = match count_rule {
+        RecordCount::Dense => {
+            header.records_count >= 1 && header.last_offset_delta == header.records_count - 1
+        }
+        RecordCount::Thinned => {
+            header.last_offset_delta >= 0
+                && header.records_count >= 0
+                && i64::from(header.records_count) <= i64::from(header.last_offset_delta) + 1
+        }
+    };
+    if !count_ok {
         return Err(BatchError::BadRecordCount {
             records_count: header.records_count,
             last_offset_delta: header.last_offset_delta,
@@ -184,6 +245,26 @@ pub fn validate_batches(
     let mut position = 0usize;
     while position < buf.len() {
         let header = validate_one(&buf[position..], max_batch_bytes)?;
+        position += header.total_size_bytes();
+        headers.push(header);
+    }
+    assert_eq!(position, buf.len());
+    Ok(headers)
+}
+
+/// Stored batches as a read returns them: each checked as `validate_stored_one` (compacted
+/// batches may hold fewer records than the offsets they span).
+pub fn validate_stored_batches(
+    buf: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<BatchHeader>, BatchError> {
+    if buf.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut headers = Vec::new();
+    let mut position = 0usize;
+    while position < buf.len() {
+        let header = validate_stored_one(&buf[position..], max_batch_bytes)?;
         position += header.total_size_bytes();
         headers.push(header);
     }

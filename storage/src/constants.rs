@@ -100,6 +100,32 @@ pub const MEMORY_LOG_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// 100 ms of space being freed. Appends are refused with `NoSpace` meanwhile.
 pub const NO_SPACE_RETRY_MS: u64 = 100;
 
+/// Memory the log cleaner's key map (key -> latest offset) may use per shard: 16 MiB. One
+/// compaction runs at a time per shard (`LogManager::compact_all` is sequential), so this is
+/// the shard's bound. An entry costs its key bytes plus `KEY_MAP_ENTRY_OVERHEAD_BYTES`: with
+/// 100-byte keys (`__consumer_offsets` keys are ~40-120 bytes) one pass deduplicates ~100,000
+/// keys; a dirty section with more keys is cleaned up to where the map filled, the rest on the
+/// next pass. A 1 MiB batch (`max.message.bytes` default) of the smallest keyed records
+/// (8 bytes) needs 131,072 x 65 ~= 8.1 MiB, so any default-sized batch fits an empty map.
+pub const COMPACTION_KEY_MAP_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes one key-map entry costs beside its key: the boxed key (16), the offset (8), the hash
+/// table slot and control byte (~9, at most half empty: x2) and the allocator's header (~16),
+/// rounded up to 64.
+pub const KEY_MAP_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Largest records section the cleaner decompresses from one batch: 16 MiB, a 1 MiB batch
+/// compressed 16:1. A batch that expands further is kept whole and its keys are not indexed,
+/// so it is never thinned and never causes a removal (a safe, documented miss).
+pub const COMPACTION_DECOMPRESSED_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Kafka's `delete.retention.ms` default: tombstones stay readable for 1 day after the cleaner
+/// first kept them as the latest record of their key.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 3600 * 1000;
+
+/// Kafka's `min.cleanable.dirty.ratio` default: clean once half the closed bytes are dirty.
+pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
 const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(SECTOR_BYTES));
 const _: () = assert!((SCAN_CHUNK_BYTES as u64).is_multiple_of(SECTOR_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
@@ -107,3 +133,5 @@ const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(SECTOR_BYTES));
 const _: () = assert!(PENDING_BYTES_MAX >= MESSAGE_BYTES_MAX as u64);
 const _: () = assert!(INDEX_PERSIST_ENTRIES <= INDEX_ENTRIES_MAX);
 const _: () = assert!(MEMORY_LOG_BYTES_DEFAULT <= MEMORY_LOG_BYTES_MAX);
+const _: () = assert!(COMPACTION_KEY_MAP_BYTES_MAX >= 131_072 * (8 + KEY_MAP_ENTRY_OVERHEAD_BYTES));
+const _: () = assert!(COMPACTION_DECOMPRESSED_BYTES_MAX <= MESSAGE_BYTES_MAX);

@@ -1,27 +1,31 @@
 //! The file engine of a partition log: offset assignment, idempotent-producer checks, segment
 //! rolls, reads, truncation, retention and close. The background writer (writes, fdatasync
-//! policy, ENOSPC retries, close) lives in `log_writer.rs`.
+//! policy, ENOSPC retries, close) lives in `log_writer.rs`, the log cleaner (compaction) in
+//! `log_cleaner.rs`.
 //!
 //! Concurrency contract: single-threaded (`!Send`), shared as `Rc<FileLog>` by the tasks
 //! of one shard. All mutable state sits in one `RefCell` that is borrowed only between awaits,
 //! never across one. `append` is synchronous and only touches memory; one background writer
 //! task per log moves appended bytes to disk. File-level work (writer rounds, truncation,
-//! retention deletes, close) is serialised by `io_lock`, so there is at most one write in
-//! flight per segment.
+//! retention deletes, the cleaner's segment swaps, close) is serialised by `io_lock`, so there
+//! is at most one write in flight per segment, and every change to the list of closed segments
+//! happens under it (a roll only pushes a new active segment).
 
 use crate::batch::{assign_offset, BatchHeader};
 use crate::constants::{PENDING_BYTES_MAX, READ_CACHE_BYTES_MAX, SEGMENT_RELATIVE_OFFSET_MAX};
 use crate::error::StorageError;
 use crate::log::{check_payload, AppendOutcome, LogConfig, LogStats};
+use crate::log_cleaner::CleanerState;
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
+use crate::records::check_keyed_batches;
 use crate::recovery::{recover_log, RecoveredLog};
 use crate::segment::Segment;
-use crate::segment_reader::{read_batches, BatchScanner, ScanStep};
+use crate::segment_reader::{read_batches, BaseOffsetCheck, BatchScanner, ScanStep};
 use crate::waiters::WaiterList;
 use crate::Offset;
 use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -84,6 +88,8 @@ pub(crate) struct LogState {
     pub(crate) written_batches: u64,
     pub(crate) synced_batches: u64,
     pub(crate) stats: LogStats,
+    /// Where the log cleaner's dirty section starts, and its pending tombstone horizons.
+    pub(crate) cleaner: CleanerState,
 }
 
 pub struct FileLog {
@@ -95,11 +101,14 @@ pub struct FileLog {
     pub(crate) durable_waiters: WaiterList,
     pub(crate) writer_waiters: WaiterList,
     pub(crate) writer_stopped: WaiterList,
+    /// True while a compaction pass runs (at most one per log).
+    pub(crate) compacting: Cell<bool>,
 }
 
 impl LogState {
     fn from_recovered(config: LogConfig, recovered: RecoveredLog) -> LogState {
         let end = recovered.next_offset;
+        let log_start = recovered.segments.first().map_or(0, |s| s.base_offset);
         LogState {
             config,
             segments: recovered.segments,
@@ -124,6 +133,7 @@ impl LogState {
             written_batches: 0,
             synced_batches: 0,
             stats: LogStats::default(),
+            cleaner: CleanerState::new(log_start),
         }
     }
 
@@ -133,7 +143,7 @@ impl LogState {
             .map(|message| StorageError::Io(std::io::Error::other(message.clone())))
     }
 
-    fn ensure_open(&self) -> Result<(), StorageError> {
+    pub(crate) fn ensure_open(&self) -> Result<(), StorageError> {
         if let Some(error) = self.failure_error() {
             return Err(error);
         }
@@ -144,7 +154,7 @@ impl LogState {
         }
     }
 
-    fn log_start(&self) -> i64 {
+    pub(crate) fn log_start(&self) -> i64 {
         self.segments
             .first()
             .map_or(0, |segment| segment.base_offset)
@@ -182,6 +192,9 @@ impl LogState {
             return Err(StorageError::NoSpace);
         }
         let offsets = check_payload(records, headers)?;
+        if self.config.cleanup_policy.compacts() {
+            check_keyed_batches(records, headers)?;
+        }
         let pending_bytes = self.pending_bytes + records.len() as u64;
         if pending_bytes > PENDING_BYTES_MAX {
             return Err(StorageError::Backpressure {
@@ -284,7 +297,7 @@ impl LogState {
         }
     }
 
-    fn cache_drop_before(&mut self, offset: i64) {
+    pub(crate) fn cache_drop_before(&mut self, offset: i64) {
         while self
             .cache
             .front()
@@ -340,6 +353,7 @@ impl FileLog {
             durable_waiters: WaiterList::default(),
             writer_waiters: WaiterList::default(),
             writer_stopped: WaiterList::default(),
+            compacting: Cell::new(false),
         });
         glommio::spawn_local(FileLog::run_writer(log.clone())).detach();
         Ok(log)
@@ -657,7 +671,7 @@ impl FileLog {
         for plan in plans {
             let mut scanner = BatchScanner::new(plan.file, plan.start, plan.end);
             loop {
-                match scanner.next(None, false).await? {
+                match scanner.next(BaseOffsetCheck::Any, false).await? {
                     ScanStep::Batch { header, .. } if header.base_offset >= high_watermark => {
                         return Ok(None)
                     }
@@ -675,8 +689,12 @@ impl FileLog {
 }
 
 impl LogState {
-    /// How many leading closed, fully written segments retention deletes.
+    /// How many leading closed, fully written segments retention deletes (none unless
+    /// `cleanup.policy` includes delete).
     fn expired_prefix(&self, now_ms: i64) -> usize {
+        if !self.config.cleanup_policy.deletes() {
+            return 0;
+        }
         let retention_ms = self.config.retention_ms;
         let retention_bytes = self.config.retention_bytes;
         let mut total: u64 = self.segments.iter().map(|s| s.size_bytes).sum();
@@ -702,8 +720,17 @@ impl LogState {
 
 impl FileLog {
     /// Deletes whole closed segments older than `retention_ms` (by their largest timestamp) or
-    /// beyond `retention_bytes`, oldest first, and advances the log start.
+    /// beyond `retention_bytes`, oldest first, and advances the log start. Holds `io_lock`
+    /// while it changes the segment list, so a cleaner swap never sees it half done.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
+        {
+            let state = self.state.borrow();
+            state.ensure_open()?;
+            if state.expired_prefix(now_ms) == 0 {
+                return Ok(());
+            }
+        }
+        let _permit = self.io_lock.acquire_permit(1).await?;
         let removed: Vec<Segment> = {
             let mut state = self.state.borrow_mut();
             state.ensure_open()?;
@@ -713,10 +740,6 @@ impl FileLog {
             state.cache_drop_before(log_start);
             removed
         };
-        if removed.is_empty() {
-            return Ok(());
-        }
-        let _permit = self.io_lock.acquire_permit(1).await?;
         for segment in removed {
             tracing::info!(dir = %self.dir.display(), base_offset = segment.base_offset, bytes = segment.size_bytes, "retention deletes segment");
             if let Some(files) = segment.files {

@@ -16,8 +16,9 @@
 
 use crate::batch::BatchHeader;
 use crate::constants::{
-    FLUSH_MESSAGES_STRICT, MEMORY_LOG_BYTES_DEFAULT, MEMORY_LOG_BYTES_MAX, MESSAGE_BYTES_MAX,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    DELETE_RETENTION_MS_DEFAULT, FLUSH_MESSAGES_STRICT, MEMORY_LOG_BYTES_DEFAULT,
+    MEMORY_LOG_BYTES_MAX, MESSAGE_BYTES_MAX, MIN_CLEANABLE_DIRTY_RATIO_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
 };
 use crate::error::StorageError;
 use crate::file_log::FileLog;
@@ -54,6 +55,69 @@ impl StorageEngine {
     }
 }
 
+/// What happens to old segments (topic config `cleanup.policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CleanupPolicy {
+    /// `retention.ms` / `retention.bytes` delete whole old segments.
+    #[default]
+    Delete,
+    /// The log cleaner keeps the latest record per key; retention deletes nothing.
+    Compact,
+    /// Both: compacted, and whole segments still expire by time and size.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// Kafka's list syntax: "delete", "compact", or both in either order ("compact,delete").
+    pub fn parse(value: &str) -> Option<CleanupPolicy> {
+        let mut delete = false;
+        let mut compact = false;
+        for item in value.split(',').map(str::trim) {
+            match item {
+                "delete" => delete = true,
+                "compact" => compact = true,
+                _ => return None,
+            }
+        }
+        match (compact, delete) {
+            (false, true) => Some(CleanupPolicy::Delete),
+            (true, false) => Some(CleanupPolicy::Compact),
+            (true, true) => Some(CleanupPolicy::CompactDelete),
+            (false, false) => None,
+        }
+    }
+
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+}
+
+/// What one compaction pass did (`PartitionLog::compact`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionOutcome {
+    /// Every key's records below this offset are deduplicated (Kafka's first dirty offset
+    /// after the pass). Records at or after it were not touched.
+    pub cleaned_end: Offset,
+    /// Closed segments the pass covered, and how many replaced them.
+    pub segments_before: usize,
+    pub segments_after: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub records_removed: u64,
+}
+
 /// Per-partition settings, named after Kafka's topic configs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
@@ -74,6 +138,16 @@ pub struct LogConfig {
     /// Kafka `flush.ms`: fdatasync once the oldest unsynced write is this old. 0 = every
     /// record is synced before `wait_durable` resolves; i64::MAX (the default) = no timer.
     pub flush_ms: i64,
+    /// Kafka `cleanup.policy`. Compaction needs the file engine; the memory engine ignores it.
+    pub cleanup_policy: CleanupPolicy,
+    /// Kafka `delete.retention.ms`: how long a tombstone stays after the cleaner first kept it
+    /// as the latest record of its key.
+    pub delete_retention_ms: i64,
+    /// Kafka `min.cleanable.dirty.ratio`: a pass runs once dirty bytes / closed bytes reach it.
+    pub min_cleanable_dirty_ratio: f64,
+    /// Kafka `min.compaction.lag.ms`: closed segments with records newer than this stay
+    /// uncompacted.
+    pub min_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -92,6 +166,10 @@ impl Default for LogConfig {
             engine: StorageEngine::File,
             flush_messages: FLUSH_MESSAGES_STRICT,
             flush_ms: i64::MAX,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
+            min_cleanable_dirty_ratio: MIN_CLEANABLE_DIRTY_RATIO_DEFAULT,
+            min_compaction_lag_ms: 0,
         }
     }
 }
@@ -106,6 +184,13 @@ impl LogConfig {
         self.index_interval_bytes = self.index_interval_bytes.max(1);
         self.flush_messages = self.flush_messages.max(FLUSH_MESSAGES_STRICT);
         self.flush_ms = self.flush_ms.max(0);
+        self.delete_retention_ms = self.delete_retention_ms.max(0);
+        self.min_compaction_lag_ms = self.min_compaction_lag_ms.max(0);
+        self.min_cleanable_dirty_ratio = if self.min_cleanable_dirty_ratio.is_nan() {
+            MIN_CLEANABLE_DIRTY_RATIO_DEFAULT
+        } else {
+            self.min_cleanable_dirty_ratio.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -149,6 +234,9 @@ pub struct LogStats {
     pub no_space_errors: u64,
     /// Batches a memory log dropped to stay within its byte bound.
     pub evicted_batches: u64,
+    /// Compaction passes that ran, and the segment bytes they freed.
+    pub compactions: u64,
+    pub compacted_bytes_removed: u64,
 }
 
 impl LogStats {
@@ -159,6 +247,8 @@ impl LogStats {
         self.fsynced_batches += other.fsynced_batches;
         self.no_space_errors += other.no_space_errors;
         self.evicted_batches += other.evicted_batches;
+        self.compactions += other.compactions;
+        self.compacted_bytes_removed += other.compacted_bytes_removed;
     }
 }
 
@@ -330,9 +420,27 @@ impl PartitionLog {
         dispatch!(self, log => log.close().await)
     }
 
-    /// Drops what `retention.ms` / `retention.bytes` expire and advances the log start.
+    /// Drops what `retention.ms` / `retention.bytes` expire and advances the log start
+    /// (file engine: only when `cleanup.policy` includes delete).
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
         dispatch!(self, log => log.enforce_retention(now_ms).await)
+    }
+
+    /// One log-cleaner pass if `cleanup.policy` includes compact and the log is due (dirty
+    /// ratio reached, or tombstones past their delete horizon); `None` when nothing ran.
+    /// Runs in the background of the shard: reads and rewrites closed segments in bounded
+    /// steps, yielding between batches, and swaps each cleaned segment in crash-safely while
+    /// appends and reads go on. `key_map_bytes_max` bounds the key map (the broker passes
+    /// `COMPACTION_KEY_MAP_BYTES_MAX`). The memory engine does not compact (always `None`).
+    pub async fn compact(
+        &self,
+        now_ms: i64,
+        key_map_bytes_max: usize,
+    ) -> Result<Option<CompactionOutcome>, StorageError> {
+        match &self.engine {
+            Engine::File(log) => log.compact(now_ms, key_map_bytes_max).await,
+            Engine::Memory(_) => Ok(None),
+        }
     }
 
     /// Applies new settings; an `engine` change is kept in the config but only takes effect

@@ -1,12 +1,13 @@
 //! All partition logs of one shard, whatever their engine: open (idempotent), lookup, remove,
-//! close, retention, stats.
+//! close, retention, compaction, stats.
 //!
 //! Concurrency contract: one `LogManager` per shard, single-threaded. Opens are serialised by
 //! `open_lock` so two tasks opening the same partition never recover the same directory
 //! twice; the map borrow is never held across an await.
 
+use crate::constants::COMPACTION_KEY_MAP_BYTES_MAX;
 use crate::error::StorageError;
-use crate::log::{LogConfig, LogStats, PartitionLog};
+use crate::log::{CompactionOutcome, LogConfig, LogStats, PartitionLog};
 use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
@@ -143,6 +144,28 @@ impl LogManager {
             }
         }
         result
+    }
+
+    /// One log-cleaner pass over every compacted log that is due, one log at a time (so the
+    /// shard holds one key map of at most `COMPACTION_KEY_MAP_BYTES_MAX`). A failing log is
+    /// logged and skipped; the others still run. Returns the passes that ran.
+    pub async fn compact_all(&self, now_ms: i64) -> Vec<CompactionOutcome> {
+        let logs: Vec<Rc<PartitionLog>> = self
+            .logs
+            .borrow()
+            .values()
+            .filter(|log| log.config().cleanup_policy.compacts())
+            .cloned()
+            .collect();
+        let mut outcomes = Vec::new();
+        for log in logs {
+            match log.compact(now_ms, COMPACTION_KEY_MAP_BYTES_MAX).await {
+                Ok(Some(outcome)) => outcomes.push(outcome),
+                Ok(None) | Err(StorageError::Closed) | Err(StorageError::TruncateInProgress) => {}
+                Err(error) => tracing::warn!(%error, "log cleaner pass failed"),
+            }
+        }
+        outcomes
     }
 
     pub fn partition_count(&self) -> usize {

@@ -23,7 +23,7 @@
 use crate::constants::{INDEX_PERSIST_ENTRIES, NO_SPACE_RETRY_MS};
 use crate::error::StorageError;
 use crate::file_log::{FileLog, Lifecycle, LogState, PendingWrite};
-use crate::segment::SegmentFiles;
+use crate::segment::{sync_directory, SegmentFiles};
 use bytes::Bytes;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -122,13 +122,6 @@ impl LogState {
             self.sync_wanted = self.sync_wanted.min(self.high_watermark);
         }
     }
-}
-
-/// Makes a new segment's directory entry durable, so an fdatasync of its data is not lost
-/// with the file name after a crash. Blocking, but once per roll (every `segment_bytes`).
-fn sync_directory(dir: &std::path::Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 impl FileLog {
@@ -260,6 +253,8 @@ impl FileLog {
             return Ok(files);
         }
         let files = SegmentFiles::open(&self.dir, base_offset, true).await?;
+        // The new file's directory entry must be durable, or an fdatasync of its data is lost
+        // with the name after a crash.
         sync_directory(&self.dir)?;
         let mut state = self.state.borrow_mut();
         let segment = state

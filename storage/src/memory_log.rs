@@ -3,7 +3,9 @@
 //! append to stay within the bound, advancing the log start; the newest batch is always kept.
 //! Offsets, reads, timestamp lookups, truncation and idempotent-producer checks behave as in
 //! the file engine; a batch is readable and "durable" as soon as `append` returns, and nothing
-//! survives a restart (the partition reopens empty at offset 0).
+//! survives a restart (the partition reopens empty at offset 0). The memory engine does not
+//! compact: with `cleanup.policy=compact` it keeps every batch until its byte bound evicts it
+//! (the broker refuses that combination at topic creation).
 //!
 //! Concurrency contract: single-threaded; all state sits in one `RefCell` that no method holds
 //! across an await (only `wait_for_data` awaits).
@@ -115,6 +117,9 @@ impl MemoryState {
 
 impl MemoryLog {
     pub(crate) fn new(dir: PathBuf, config: LogConfig) -> MemoryLog {
+        if config.cleanup_policy.compacts() {
+            tracing::warn!(dir = %dir.display(), "the memory engine does not compact: cleanup.policy=compact keeps every batch until retention.bytes evicts it");
+        }
         MemoryLog {
             dir,
             state: RefCell::new(MemoryState {
@@ -307,12 +312,17 @@ impl MemoryLog {
         Ok(())
     }
 
-    /// Drops batches older than `retention.ms` (by their max_timestamp), keeping the newest,
-    /// and re-applies the byte bound (it may have been lowered by `set_config`).
+    /// Drops batches older than `retention.ms` (by their max_timestamp) when `cleanup.policy`
+    /// includes delete, keeping the newest, and re-applies the byte bound (it may have been
+    /// lowered by `set_config`; it bounds memory whatever the policy).
     pub(crate) async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
         let mut state = self.state.borrow_mut();
         state.ensure_open()?;
-        let retention_ms = state.config.retention_ms;
+        let retention_ms = if state.config.cleanup_policy.deletes() {
+            state.config.retention_ms
+        } else {
+            -1
+        };
         while retention_ms >= 0 && state.batches.len() > 1 {
             let oldest = &state.batches[0];
             if now_ms.saturating_sub(oldest.header.max_timestamp) <= retention_ms {

@@ -132,6 +132,15 @@ impl ProducerStateManager {
         self.evict_if_full();
     }
 
+    /// The last offset each known producer wrote. The log cleaner keeps the batch ending there
+    /// (empty if need be), as Kafka does, so a restart rebuilds the producer's sequence state.
+    pub(crate) fn last_offsets(&self) -> HashMap<i64, i64> {
+        self.producers
+            .iter()
+            .map(|(producer_id, entry)| (*producer_id, entry.last_offset))
+            .collect()
+    }
+
     /// Forgets the producer whose last write is oldest once past `PRODUCERS_MAX`.
     fn evict_if_full(&mut self) {
         if self.producers.len() <= PRODUCERS_MAX {

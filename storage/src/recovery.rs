@@ -6,7 +6,12 @@
 //! writes, ends the segment: the file is cut there and a warning names file, position and
 //! bytes. A segment cut short that is not the last makes every later segment unreachable, so
 //! they are deleted. The last `RECOVERY_PRODUCER_SEGMENTS` segments are scanned in full to
-//! rebuild idempotent-producer state and exact timestamps.
+//! rebuild idempotent-producer state and exact timestamps. Batches follow each other with
+//! increasing offsets; gaps are where the log cleaner removed batches.
+//!
+//! First, an interrupted cleaner swap is settled (`log_cleaner.rs`): a `.cleaned` file is
+//! deleted (the segments it would replace are intact); a `.swap` file is complete and durable,
+//! so the segments it replaces are deleted and it is renamed into place.
 //!
 //! Concurrency contract: runs before the log exists (or under its IO lock during truncation);
 //! owns every file it opens until it hands the segments over.
@@ -19,12 +24,13 @@ use crate::error::StorageError;
 use crate::log::LogConfig;
 use crate::producer_state::ProducerStateManager;
 use crate::segment::{
-    segment_path, Segment, SegmentFiles, LOG_EXTENSION, OFFSET_INDEX_EXTENSION,
+    parse_compaction_temp_name, remove_if_exists, segment_path, sync_directory, Segment,
+    SegmentFiles, CLEANED_EXTENSION, LOG_EXTENSION, OFFSET_INDEX_EXTENSION, SWAP_EXTENSION,
     TIME_INDEX_EXTENSION,
 };
 use crate::segment_appender::SegmentAppender;
 use crate::segment_index::{decode_entries, IndexEntry, SegmentIndex};
-use crate::segment_reader::{BatchScanner, ScanStep};
+use crate::segment_reader::{BaseOffsetCheck, BatchScanner, ScanStep};
 use bytes::Bytes;
 use std::path::Path;
 
@@ -59,10 +65,56 @@ fn list_segment_bases(dir: &Path) -> Result<Vec<i64>, StorageError> {
     Ok(bases)
 }
 
+/// Settles a cleaner swap a crash interrupted (see the module comment).
+fn finish_interrupted_compaction(dir: &Path) -> Result<(), StorageError> {
+    let mut swaps = Vec::new();
+    let mut changed = false;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(CLEANED_EXTENSION) => {
+                tracing::warn!(file = %path.display(), "deleting an unfinished cleaned segment");
+                remove_if_exists(&path)?;
+                changed = true;
+            }
+            Some(SWAP_EXTENSION) => match parse_compaction_temp_name(&path) {
+                Some((first, end)) => swaps.push((first, end, path)),
+                None => {
+                    tracing::warn!(file = %path.display(), "ignoring a swap file with a bad name")
+                }
+            },
+            _ => {}
+        }
+    }
+    swaps.sort();
+    for (first, end, swap) in swaps {
+        for base in list_segment_bases(dir)?
+            .into_iter()
+            .filter(|base| (first..end).contains(base))
+        {
+            for extension in [LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+                if base != first || extension != LOG_EXTENSION {
+                    remove_if_exists(&segment_path(dir, base, extension))?;
+                }
+            }
+        }
+        remove_if_exists(&segment_path(dir, first, OFFSET_INDEX_EXTENSION))?;
+        remove_if_exists(&segment_path(dir, first, TIME_INDEX_EXTENSION))?;
+        std::fs::rename(&swap, segment_path(dir, first, LOG_EXTENSION))?;
+        tracing::warn!(file = %swap.display(), first, end, "finished an interrupted cleaner swap");
+        changed = true;
+    }
+    if changed {
+        sync_directory(dir)?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn recover_log(
     dir: &Path,
     config: &LogConfig,
 ) -> Result<RecoveredLog, StorageError> {
+    finish_interrupted_compaction(dir)?;
     let bases = list_segment_bases(dir)?;
     let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
     let mut producers = ProducerStateManager::default();
@@ -185,7 +237,10 @@ async fn trusted_prefix(
         let position = u64::from(entry.position);
         let mut scanner = BatchScanner::new(files.log.file(), position, log_size);
         let expected = base + i64::from(entry.relative_offset);
-        if let ScanStep::Batch { .. } = scanner.next(Some(expected), true).await? {
+        if let ScanStep::Batch { .. } = scanner
+            .next(BaseOffsetCheck::Exactly(expected), true)
+            .await?
+        {
             return Ok((index + 1, position));
         }
     }
@@ -204,7 +259,10 @@ async fn scan_segment(
     let log_size = files.log.size_bytes();
     let mut scanner = BatchScanner::new(files.log.file(), start_position, log_size);
     let (valid_end, reason) = loop {
-        match scanner.next(Some(segment.next_offset), true).await? {
+        match scanner
+            .next(BaseOffsetCheck::AtLeast(segment.next_offset), true)
+            .await?
+        {
             ScanStep::Batch { position, header } => {
                 let relative = header.last_offset() - segment.base_offset;
                 if position > u64::from(u32::MAX) || relative > i64::from(u32::MAX) {

@@ -15,10 +15,54 @@ pub(crate) const LOG_EXTENSION: &str = "log";
 pub(crate) const OFFSET_INDEX_EXTENSION: &str = "index";
 pub(crate) const TIME_INDEX_EXTENSION: &str = "timeindex";
 
+/// A cleaned segment being written; deleted by recovery (the old segments are intact).
+pub(crate) const CLEANED_EXTENSION: &str = "cleaned";
+/// A cleaned segment complete and durable; recovery finishes its swap.
+pub(crate) const SWAP_EXTENSION: &str = "swap";
+
 /// `<dir>/<base_offset:020>.<extension>`.
 pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
     assert!(base_offset >= 0);
     dir.join(format!("{base_offset:020}.{extension}"))
+}
+
+/// `<dir>/<first_base:020>.<end_offset:020>.<extension>`: the cleaned replacement of the
+/// segments holding offsets `[first_base, end_offset)`.
+pub(crate) fn compaction_temp_path(
+    dir: &Path,
+    first_base: i64,
+    end_offset: i64,
+    extension: &str,
+) -> PathBuf {
+    assert!(0 <= first_base && first_base < end_offset);
+    dir.join(format!("{first_base:020}.{end_offset:020}.{extension}"))
+}
+
+/// The `[first_base, end_offset)` a compaction temp file's name gives, if it is one.
+pub(crate) fn parse_compaction_temp_name(path: &Path) -> Option<(i64, i64)> {
+    let stem = path.file_stem()?.to_str()?;
+    let (first, end) = stem.split_once('.')?;
+    let parse = |text: &str| {
+        let value = text.parse::<i64>().ok()?;
+        (text.len() == 20 && value >= 0).then_some(value)
+    };
+    let (first, end) = (parse(first)?, parse(end)?);
+    (first < end).then_some((first, end))
+}
+
+/// Makes directory entries (a new segment, a rename) durable. Blocking, but rare: once per
+/// roll and twice per cleaned segment group.
+pub(crate) fn sync_directory(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Removes a file; one that is already gone is fine.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The three open files of a segment.

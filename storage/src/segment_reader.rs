@@ -6,12 +6,23 @@
 //! so it never borrows log state across an await. Reads only cover `[start, end)` given by the
 //! caller, which must be bytes already written (below the high watermark).
 
-use crate::batch::{validate_one, BatchHeader, RECORD_BATCH_HEADER_BYTES};
+use crate::batch::{validate_stored_one, BatchHeader, RECORD_BATCH_HEADER_BYTES};
 use crate::constants::{FETCH_READ_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_CHUNK_BYTES};
 use crate::error::StorageError;
 use bytes::Bytes;
 use glommio::io::DmaFile;
 use std::rc::Rc;
+
+/// What `BatchScanner::next` checks about the base offset of the batch it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BaseOffsetCheck {
+    Any,
+    /// Exactly this offset (an index entry names the batch it points at).
+    Exactly(i64),
+    /// At least this offset: batches follow each other, with gaps where the log cleaner
+    /// removed whole batches.
+    AtLeast(i64),
+}
 
 pub(crate) enum ScanStep {
     Batch { position: u64, header: BatchHeader },
@@ -66,11 +77,11 @@ impl BatchScanner {
         &self.window[from..from + len]
     }
 
-    /// The next batch. `expected_base` checks offset continuity; `verify` checks the CRC and
+    /// The next batch. `base_check` checks offset continuity; `verify` checks the CRC and
     /// record count (and loads the whole batch into the window).
     pub(crate) async fn next(
         &mut self,
-        expected_base: Option<i64>,
+        base_check: BaseOffsetCheck,
         verify: bool,
     ) -> Result<ScanStep, StorageError> {
         let position = self.cursor;
@@ -89,19 +100,23 @@ impl BatchScanner {
         if size > MESSAGE_BYTES_MAX || position + size as u64 > self.end {
             return invalid(format!("torn batch of {size} bytes"));
         }
-        if let Some(expected) = expected_base {
-            if header.base_offset != expected {
-                return invalid(format!(
-                    "base offset {} where {expected} expected",
-                    header.base_offset
-                ));
-            }
+        let base_ok = match base_check {
+            BaseOffsetCheck::Any => true,
+            BaseOffsetCheck::Exactly(expected) => header.base_offset == expected,
+            BaseOffsetCheck::AtLeast(expected) => header.base_offset >= expected,
+        };
+        if !base_ok {
+            return invalid(format!(
+                "base offset {} where {base_check:?} expected",
+                header.base_offset
+            ));
         }
         if verify {
             if !self.ensure(position, size).await? {
                 return invalid(format!("torn batch of {size} bytes"));
             }
-            if let Err(error) = validate_one(self.bytes(position, size), MESSAGE_BYTES_MAX) {
+            let bytes = self.bytes(position, size);
+            if let Err(error) = validate_stored_one(bytes, MESSAGE_BYTES_MAX) {
                 return invalid(format!("bad batch: {error}"));
             }
         }
@@ -115,7 +130,7 @@ impl BatchScanner {
         offset: i64,
     ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
         loop {
-            match self.next(None, false).await? {
+            match self.next(BaseOffsetCheck::Any, false).await? {
                 ScanStep::Batch { position, header } if header.last_offset() >= offset => {
                     return Ok(Some((position, header)))
                 }
@@ -164,7 +179,7 @@ pub(crate) async fn read_batches(
     // here. A bad first batch is an error; a bad later one ends the read before it.
     let mut taken = 0usize;
     loop {
-        match scanner.next(None, true).await? {
+        match scanner.next(BaseOffsetCheck::Any, true).await? {
             ScanStep::Batch { header, .. } if header.base_offset < high_watermark => {
                 taken += header.total_size_bytes();
             }

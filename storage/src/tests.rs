@@ -35,7 +35,7 @@ impl Default for BatchSpec {
     }
 }
 
-fn put_varint(value: i64, out: &mut Vec<u8>) {
+pub(crate) fn put_varint(value: i64, out: &mut Vec<u8>) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     loop {
         let byte = (zigzag & 0x7f) as u8;
@@ -114,14 +114,14 @@ fn appended(outcome: AppendOutcome) -> (i64, i64) {
 }
 
 /// Scratch directories on ext4 under `target/`, where direct IO is real.
-fn ext4_root() -> PathBuf {
+pub(crate) fn ext4_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp-storage-tests")
 }
 
 /// Scratch directories on tmpfs when the machine has one: fdatasync is free there (and
 /// O_DIRECT is dropped silently, our alignment still applies), so the 10,000-sequence file
 /// fuzzer tests the engine's logic in seconds; `op_fuzzer_file_on_ext4` covers real IO.
-fn tmpfs_root() -> PathBuf {
+pub(crate) fn tmpfs_root() -> PathBuf {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         shm.join("rmq-storage-tests")
@@ -137,7 +137,7 @@ fn test_dir(root: &Path, name: &str) -> PathBuf {
     dir
 }
 
-fn run<F, Fut>(name: &str, test: F)
+pub(crate) fn run<F, Fut>(name: &str, test: F)
 where
     F: FnOnce(PathBuf) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -145,7 +145,7 @@ where
     run_on(&ext4_root(), name, test);
 }
 
-fn run_on<F, Fut>(root: &Path, name: &str, test: F)
+pub(crate) fn run_on<F, Fut>(root: &Path, name: &str, test: F)
 where
     F: FnOnce(PathBuf) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -196,7 +196,7 @@ async fn read_all(log: &PartitionLog, from: i64) -> Vec<u8> {
     out
 }
 
-async fn open(dir: &Path, config: LogConfig) -> Rc<PartitionLog> {
+pub(crate) async fn open(dir: &Path, config: LogConfig) -> Rc<PartitionLog> {
     PartitionLog::open(dir.to_path_buf(), config)
         .await
         .expect("open")
@@ -887,14 +887,14 @@ fn multi_batch_produce_assigns_consecutive_offsets() {
 }
 
 /// Deterministic xorshift64* for the op fuzzer, so a failing seed replays.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1)
     }
 
-    fn below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

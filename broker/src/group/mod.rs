@@ -25,7 +25,7 @@ use rmq_protocols::kernel::{
     JoinGroupInput, JoinGroupOutput, KernelError, LeavingMember, MemberGeneration, SyncGroupInput,
     SyncGroupOutput, TopicPartition,
 };
-use rmq_storage::{validate_batches, Offset};
+use rmq_storage::{validate_batches, validate_stored_batches, Offset};
 use tracing::{info, warn};
 
 use crate::constants::{GROUPS_PER_SHARD_MAX, OFFSETS_LOAD_READ_BYTES, OFFSET_METADATA_MAX_BYTES};
@@ -238,7 +238,8 @@ impl GroupCoordinator {
                 .read(Offset(offset), OFFSETS_LOAD_READ_BYTES)
                 .await
                 .map_err(storage_failure)?;
-            let headers = validate_batches(&stored, usize::MAX).map_err(storage_failure)?;
+            // Stored, maybe compacted: batches may hold fewer records than offsets.
+            let headers = validate_stored_batches(&stored, usize::MAX).map_err(storage_failure)?;
             let Some(last) = headers.last() else {
                 break;
             };

@@ -8,6 +8,7 @@
 //! an early mesh op from a shard that started serving first.
 
 pub mod listener;
+pub mod websocket;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -72,9 +73,12 @@ pub fn engine(shard: &Rc<Shard>) -> Rc<Engine> {
     if let Some(engine) = ENGINE.with(|slot| slot.borrow().clone()) {
         return engine;
     }
-    let engine = MqttShard::new(BrokerMqttKernel {
-        shard: shard.clone(),
-    });
+    let engine = MqttShard::new(
+        BrokerMqttKernel {
+            shard: shard.clone(),
+        },
+        shard.config.mqtt.clone(),
+    );
     ENGINE.with(|slot| *slot.borrow_mut() = Some(engine.clone()));
     engine
 }

@@ -207,7 +207,6 @@ pub mod reason {
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
-    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
 
     /// 3.1/3.1.1 CONNACK return codes.
     pub const V3_UNACCEPTABLE_PROTOCOL_VERSION: u8 = 0x01;
@@ -714,6 +713,8 @@ pub struct OutgoingPublish<'a> {
     /// Remaining message expiry (v5), replacing the publisher's value.
     pub message_expiry_s: Option<u32>,
     pub subscription_ids: &'a [u32],
+    /// Our topic alias (v5); with an empty `topic` the client resolves it.
+    pub topic_alias: Option<u16>,
 }
 
 fn publish_properties_len(p: &OutgoingPublish<'_>) -> usize {
@@ -739,6 +740,9 @@ fn publish_properties_len(p: &OutgoingPublish<'_>) -> usize {
     }
     for id in p.subscription_ids {
         len += 1 + varint_len(*id as usize);
+    }
+    if p.topic_alias.is_some() {
+        len += 3;
     }
     len
 }
@@ -806,6 +810,10 @@ pub fn encode_publish(out: &mut BytesMut, level: ProtocolLevel, p: &OutgoingPubl
             out.put_u8(0x0B);
             put_varint(out, *id as usize);
         }
+        if let Some(alias) = p.topic_alias {
+            out.put_u8(0x23);
+            out.put_u16(alias);
+        }
     }
     out.put_slice(p.payload);
 }
@@ -846,7 +854,7 @@ pub fn encode_connack(
         props.retain_available = Some(1);
         props.wildcard_subscription_available = Some(1);
         props.subscription_identifiers_available = Some(1);
-        props.shared_subscription_available = Some(0);
+        props.shared_subscription_available = Some(1);
     }
     let connack = v5::ConnAck {
         session_present,
@@ -1075,6 +1083,7 @@ mod tests {
             properties: &properties,
             message_expiry_s: Some(42),
             subscription_ids: &[3, 300],
+            topic_alias: Some(9),
         };
         let mut buf = BytesMut::new();
         encode_publish(&mut buf, ProtocolLevel::V5, &outgoing);
@@ -1090,8 +1099,35 @@ mod tests {
         let props = p.properties.expect("properties");
         assert_eq!(props.message_expiry_interval, Some(42));
         assert_eq!(props.subscription_identifiers, vec![3, 300]);
+        assert_eq!(props.topic_alias, Some(9));
         assert_eq!(props.user_properties, vec![("k".into(), "v".into())]);
         assert_eq!(props.correlation_data.as_deref(), Some(&b"corr"[..]));
+    }
+
+    #[test]
+    fn our_v5_publish_by_topic_alias_decodes_with_an_empty_topic() {
+        let properties = MessageProperties::default();
+        let payload = Bytes::from_static(b"by alias");
+        let outgoing = OutgoingPublish {
+            topic: "",
+            payload: &payload,
+            qos: 0,
+            pkid: 0,
+            dup: false,
+            retain: false,
+            properties: &properties,
+            message_expiry_s: None,
+            subscription_ids: &[],
+            topic_alias: Some(3),
+        };
+        let mut buf = BytesMut::new();
+        encode_publish(&mut buf, ProtocolLevel::V5, &outgoing);
+        assert_eq!(buf.len(), publish_size(ProtocolLevel::V5, &outgoing));
+        let v5::Packet::Publish(p) = v5::read(&mut buf, 1 << 20).expect("decodes") else {
+            panic!("not a publish");
+        };
+        assert_eq!((p.topic.as_str(), &p.payload[..]), ("", &b"by alias"[..]));
+        assert_eq!(p.properties.and_then(|props| props.topic_alias), Some(3));
     }
 
     #[test]
@@ -1108,6 +1144,7 @@ mod tests {
             properties: &props,
             message_expiry_s: None,
             subscription_ids: &[],
+            topic_alias: None,
         };
         let mut buf = BytesMut::new();
         encode_publish(&mut buf, ProtocolLevel::V311, &outgoing);

@@ -18,7 +18,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::codec::{self, Connect, DecodeError, ProtocolLevel, Will};
-use super::constants::{CONNECT_TIMEOUT_MS, MAX_PACKET_SIZE_BYTES, READ_CHUNK_BYTES};
+use super::constants::{
+    CONNECT_TIMEOUT_MS, MAX_PACKET_SIZE_BYTES, READ_CHUNK_BYTES, READ_IDLE_BYTES,
+};
 use super::engine::{Link, MqttShard};
 use super::handlers;
 use super::kernel::MqttKernel;
@@ -137,6 +139,7 @@ async fn read_connect<K: MqttKernel, R: AsyncRead + Unpin>(
         .kernel
         .sleep(Duration::from_millis(CONNECT_TIMEOUT_MS));
     let reading = async {
+        let mut size = ReadSize::new();
         loop {
             match codec::decode_connect(buffer) {
                 Ok(Some(connect)) => return Ok(connect),
@@ -162,7 +165,7 @@ async fn read_connect<K: MqttKernel, R: AsyncRead + Unpin>(
                     })
                 }
             }
-            match read_more(reader, buffer).await {
+            match read_more(reader, buffer, &mut size).await {
                 Ok(0) => {
                     return Err(Refusal {
                         answer: None,
@@ -189,15 +192,47 @@ async fn read_connect<K: MqttKernel, R: AsyncRead + Unpin>(
     .await
 }
 
-/// Reads what the socket has into `buffer` (at most one chunk). `Ok(0)` at end of stream.
+/// How much the next read of a connection asks for: `READ_IDLE_BYTES` while reads come back
+/// small, growing x4 per full read up to `READ_CHUNK_BYTES` while the socket has more.
+struct ReadSize {
+    chunk_bytes: usize,
+}
+
+impl ReadSize {
+    fn new() -> ReadSize {
+        ReadSize {
+            chunk_bytes: READ_IDLE_BYTES,
+        }
+    }
+
+    fn after_read(&mut self, read_bytes: usize) {
+        self.chunk_bytes = if read_bytes >= self.chunk_bytes {
+            (self.chunk_bytes * 4).min(READ_CHUNK_BYTES)
+        } else if read_bytes < READ_IDLE_BYTES {
+            READ_IDLE_BYTES
+        } else {
+            self.chunk_bytes
+        };
+    }
+}
+
+/// Reads what the socket has into `buffer` (at most one chunk of `size`). `Ok(0)` at end of
+/// stream. A drained buffer that grew past the idle size is released first, so an idle
+/// connection holds only `READ_IDLE_BYTES` while it waits.
 async fn read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
+    size: &mut ReadSize,
 ) -> std::io::Result<usize> {
+    if buffer.is_empty() && buffer.capacity() > size.chunk_bytes {
+        *buffer = BytesMut::new();
+    }
     let start = buffer.len();
-    buffer.resize(start + READ_CHUNK_BYTES, 0);
+    buffer.resize(start + size.chunk_bytes, 0);
     let result = reader.read(&mut buffer[start..]).await;
-    buffer.truncate(start + *result.as_ref().unwrap_or(&0));
+    let read_bytes = *result.as_ref().unwrap_or(&0);
+    buffer.truncate(start + read_bytes);
+    size.after_read(read_bytes);
     result
 }
 
@@ -208,6 +243,7 @@ async fn read_packets<K: MqttKernel, R: AsyncRead + Unpin>(
 ) -> End {
     let keep_alive = (connection.keep_alive_s > 0)
         .then(|| Duration::from_millis(u64::from(connection.keep_alive_s) * 1_500));
+    let mut size = ReadSize::new();
     loop {
         loop {
             let packet = match codec::decode(buffer, connection.level, MAX_PACKET_SIZE_BYTES) {
@@ -227,7 +263,7 @@ async fn read_packets<K: MqttKernel, R: AsyncRead + Unpin>(
         // the writers of the subscribers it feeds on this shard would starve (measured: 0
         // deliveries/s while it published 1M msgs/s). One yield per read chunk.
         future::yield_now().await;
-        let read = read_more(reader, buffer);
+        let read = read_more(reader, buffer, &mut size);
         let result = match keep_alive {
             None => read.await,
             Some(limit) => {
@@ -272,7 +308,13 @@ async fn write_packets<K: MqttKernel, W: AsyncWrite + Unpin>(
         link.notify.notified().await;
         let bytes = link.take_outbox();
         if !bytes.is_empty() {
-            if let Err(e) = writer.write_all(&bytes).await {
+            // A flush sends what a framing writer (WebSocket) buffered; free on TCP.
+            if let Err(e) = async {
+                writer.write_all(&bytes).await?;
+                writer.flush().await
+            }
+            .await
+            {
                 return End::Closed(e.to_string());
             }
             connection.engine.stats.add_sent(bytes.len());

@@ -8,9 +8,16 @@
 //!   broadcasts it with a per-origin sequence number through one broadcaster task, so every
 //!   peer sees S's changes in S's order (asserted). A SUBACK is sent only after every shard has
 //!   applied the change, so a publish anywhere after the SUBACK reaches the new subscriber.
-//! - a PUBLISH is matched against `interest` on the publisher's shard and handed once to each
-//!   shard with matching subscribers (one mesh hop per shard, the message shared by `Arc`);
-//!   each shard matches its `local` trie and encodes into its connections' outboxes.
+//! - `shared`: the members (shard, client) of every shared subscription group per filter,
+//!   identical on every shard and changed through the same sequenced broadcast as `interest`
+//!   (each member's shard is the single writer of its members; see `shared`).
+//! - a PUBLISH is matched against `interest` and `shared` on the publisher's shard, which picks
+//!   one member per matching group, and is handed once to each shard with matching
+//!   subscribers or picked members (one mesh hop per shard, the message shared by `Arc`);
+//!   each shard matches its `local` trie, adds the picked members, and encodes into its
+//!   connections' outboxes. UNSUBACK waits until every shard dropped the member; a member
+//!   whose session ends or moves is dropped without waiting, so a message the publisher's
+//!   shard picked it for in that window (one mesh hop) reaches nobody in its group.
 //! - `registry`: client id -> shard of its session, for the client ids hashed to this shard
 //!   (single writer per client id). CONNECT claims the id there; if the session is on another
 //!   shard, that shard closes the old connection (v5 0x8E) and hands the session over (it is
@@ -40,6 +47,7 @@ use bytes::BytesMut;
 use tracing::{debug, warn};
 
 use super::codec::{self, ProtocolLevel, Will};
+use super::config::MqttConfig;
 use super::constants::{
     MAX_SESSIONS_PER_SHARD, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_NEVER_EXPIRES_S,
     SYS_INTERVAL_MS,
@@ -48,25 +56,45 @@ use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
 use super::retained::{RetainOutcome, RetainedStore};
 use super::session::{DeliverOutcome, LinkOut, Outgoing, Session, Subscription};
+use super::shared::{self, FilterKind, SharedGroup};
+use super::topic_alias::TopicAliases;
 use super::trie::SubscriptionTrie;
 
-/// Interest changes waiting for the broadcaster; past it SUBSCRIBE answers "quota exceeded".
-/// Each is one filter's first subscriber or last unsubscribe on this shard, so 65,536 queued
-/// changes is a burst far beyond what clients can issue per mesh round trip.
-const INTEREST_QUEUE_CAPACITY: usize = 65_536;
+/// What an interest change is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The origin shard's first subscriber of the filter, or its last one gone.
+    Shard,
+    /// A member of a shared subscription group on the origin shard joined or left.
+    Member { group: Arc<str>, client: Arc<str> },
+}
+
+/// A shared subscription member picked for one message.
+#[derive(Clone, Debug)]
+pub struct SharedTarget {
+    pub client: Arc<str>,
+    /// The member's subscription (`$share/GROUP/FILTER`), for its options.
+    pub share_filter: Arc<str>,
+}
 
 /// Work one shard asks of another (`Send`; payloads shared, never copied).
 pub enum ShardMessage {
-    /// Shard `origin` gained (`present`) or lost its last subscriber of `filter`.
+    /// Shard `origin` changed its interest in `filter` (see `Route`).
     Interest {
         origin: u16,
         seq: u64,
         filter: String,
+        route: Route,
         present: bool,
         ack: flume::Sender<()>,
     },
-    /// A publish for this shard's matching subscribers.
-    Deliver { message: SharedMessage },
+    /// A publish for this shard: its matching subscribers (`to_subscribers`) and the shared
+    /// subscription members the publisher's shard picked here.
+    Deliver {
+        message: SharedMessage,
+        to_subscribers: bool,
+        shared: Vec<SharedTarget>,
+    },
     /// Registry: `client_id` now has its session on `shard`; answers the previous shard.
     Claim {
         client_id: String,
@@ -130,18 +158,26 @@ pub struct Link {
     pub max_packet_size: usize,
     pub window: usize,
     outbox: RefCell<BytesMut>,
+    aliases: RefCell<TopicAliases>,
     pub notify: Notify,
     /// Set when the server closes the connection (takeover, shutdown, protocol error).
     closing: Cell<bool>,
 }
 
 impl Link {
-    pub fn new(level: ProtocolLevel, max_packet_size: usize, window: usize) -> Link {
+    /// `topic_alias_maximum`: the client's Topic Alias Maximum (0 for 3.1/3.1.1).
+    pub fn new(
+        level: ProtocolLevel,
+        max_packet_size: usize,
+        window: usize,
+        topic_alias_maximum: u16,
+    ) -> Link {
         Link {
             level,
             max_packet_size,
             window,
             outbox: RefCell::new(BytesMut::new()),
+            aliases: RefCell::new(TopicAliases::new(topic_alias_maximum)),
             notify: Notify::default(),
             closing: Cell::new(false),
         }
@@ -154,6 +190,7 @@ impl Link {
     /// Runs `f` with the outbox; wakes the writer if bytes were added.
     pub fn with_out<R>(&self, f: impl FnOnce(&mut LinkOut<'_>) -> R) -> R {
         let mut buffer = self.outbox.borrow_mut();
+        let mut aliases = self.aliases.borrow_mut();
         let before = buffer.len();
         let has_room = before < OUTBOX_MAX_BYTES;
         let mut out = LinkOut {
@@ -162,6 +199,7 @@ impl Link {
             window: self.window,
             buffer: &mut buffer,
             has_room,
+            aliases: Some(&mut *aliases),
         };
         let result = f(&mut out);
         if buffer.len() != before {
@@ -206,16 +244,30 @@ struct State {
     sessions: HashMap<Rc<str>, SessionEntry>,
     local: SubscriptionTrie<Rc<str>, Subscription>,
     interest: SubscriptionTrie<u16, ()>,
+    /// Shared subscription groups per filter (keyed by group name), on every shard.
+    shared: SubscriptionTrie<Arc<str>, SharedGroup>,
     interest_seq_in: Vec<u64>,
     registry: HashMap<String, u16>,
     retained: RetainedStore,
 }
 
-struct InterestChange {
-    seq: u64,
-    filter: String,
+/// The latest state of one (filter, route) not yet broadcast, and who waits for it.
+struct PendingChange {
     present: bool,
-    done: Option<flume::Sender<()>>,
+    /// SUBSCRIBE / UNSUBSCRIBE handlers waiting until every shard applied it.
+    waiters: Vec<flume::Sender<()>>,
+}
+
+/// Interest changes not yet broadcast, coalesced per (filter, route), in first-change order:
+/// only the latest state of each goes out, so the pending set never holds more entries than
+/// there are distinct filters and shared members on this shard (each bounded by
+/// `MAX_SESSIONS_PER_SHARD` x `MAX_SUBSCRIPTIONS_PER_SESSION`), whatever the churn. A mass
+/// disconnect of 100k clients with their own filters is 100k entries, not a queue overflow
+/// (a fixed 65,536-entry queue asserted there; `tests/test_mqtt_mass_disconnect.py`).
+#[derive(Default)]
+struct PendingInterest {
+    order: std::collections::VecDeque<(String, Route)>,
+    latest: HashMap<(String, Route), PendingChange>,
 }
 
 /// Counters for `$SYS` and metrics.
@@ -280,9 +332,11 @@ pub struct Connected {
 /// The MQTT state of one shard.
 pub struct MqttShard<K: MqttKernel> {
     pub kernel: K,
+    pub config: MqttConfig,
     state: RefCell<State>,
     interest_seq_out: Cell<u64>,
-    interest_queue: flume::Sender<InterestChange>,
+    pending_interest: RefCell<PendingInterest>,
+    interest_wakeup: Notify,
     next_message: Cell<u64>,
     next_generation: Cell<u64>,
     pub stats: Stats,
@@ -296,25 +350,26 @@ pub fn registry_shard(client_id: &str, shard_count: u16) -> u16 {
 }
 
 impl<K: MqttKernel> MqttShard<K> {
-    pub fn new(kernel: K) -> Rc<MqttShard<K>> {
-        let (sender, receiver) = flume::bounded(INTEREST_QUEUE_CAPACITY);
+    pub fn new(kernel: K, config: MqttConfig) -> Rc<MqttShard<K>> {
         let shard_count = usize::from(kernel.shard_count());
         let shard = Rc::new(MqttShard {
             kernel,
+            config,
             state: RefCell::new(State {
                 interest_seq_in: vec![0; shard_count],
                 ..State::default()
             }),
             interest_seq_out: Cell::new(0),
-            interest_queue: sender,
+            pending_interest: RefCell::new(PendingInterest::default()),
+            interest_wakeup: Notify::default(),
             next_message: Cell::new(0),
             next_generation: Cell::new(0),
             stats: Stats::default(),
         });
         let broadcaster = shard.clone();
-        shard.kernel.spawn(Box::pin(async move {
-            broadcaster.broadcast_interest(receiver).await
-        }));
+        shard.kernel.spawn(Box::pin(
+            async move { broadcaster.broadcast_interest().await },
+        ));
         shard
     }
 
@@ -340,17 +395,35 @@ impl<K: MqttKernel> MqttShard<K> {
 
     // ------------------------------------------------------------ interest broadcast
 
-    /// The one task that sends this shard's interest changes, in sequence order.
-    async fn broadcast_interest(self: Rc<Self>, changes: flume::Receiver<InterestChange>) {
+    /// The one task that sends this shard's interest changes, in sequence order: the oldest
+    /// pending (filter, route) in its latest state, then the next once every peer acked it.
+    async fn broadcast_interest(self: Rc<Self>) {
         let peers: Vec<u16> = self.peers().collect();
-        while let Ok(change) = changes.recv_async().await {
+        loop {
+            let next = {
+                let mut pending = self.pending_interest.borrow_mut();
+                pending.order.pop_front().map(|key| {
+                    let change = pending.latest.remove(&key);
+                    (key, change)
+                })
+            };
+            let Some(((filter, route), change)) = next else {
+                self.interest_wakeup.notified().await;
+                continue;
+            };
+            let Some(change) = change else {
+                unreachable!("every key in the pending order has its latest state");
+            };
+            let seq = self.interest_seq_out.get() + 1;
+            self.interest_seq_out.set(seq);
             let (ack, acks) = flume::bounded(peers.len().max(1));
             let mut sent = 0;
             for peer in &peers {
                 let message = ShardMessage::Interest {
                     origin: self.shard_id(),
-                    seq: change.seq,
-                    filter: change.filter.clone(),
+                    seq,
+                    filter: filter.clone(),
+                    route: route.clone(),
                     present: change.present,
                     ack: ack.clone(),
                 };
@@ -363,46 +436,56 @@ impl<K: MqttKernel> MqttShard<K> {
                     break;
                 }
             }
-            if let Some(done) = change.done {
-                let _ = done.try_send(());
+            for waiter in change.waiters {
+                let _ = waiter.try_send(());
             }
         }
     }
 
-    /// Applies a change of this shard's interest in `filter` here and queues its broadcast.
-    /// The returned receiver completes once every shard has applied it.
+    /// Applies an interest change here and queues it for the other shards (coalesced with a
+    /// pending change of the same filter and route). The returned waiter completes once every
+    /// shard has applied it (or a later state of it).
     fn change_interest(
         &self,
         state: &mut State,
         filter: &str,
+        route: Route,
         present: bool,
     ) -> Option<flume::Receiver<()>> {
-        let me = self.shard_id();
-        if present {
-            state.interest.insert(filter, me, ());
-        } else {
-            state.interest.remove(filter, &me);
-        }
+        apply_interest(state, self.shard_id(), filter, &route, present);
         if self.kernel.shard_count() <= 1 {
             return None;
         }
-        let seq = self.interest_seq_out.get() + 1;
-        self.interest_seq_out.set(seq);
         let (done, waiter) = flume::bounded(1);
-        let change = InterestChange {
-            seq,
-            filter: filter.to_string(),
-            present,
-            done: Some(done),
-        };
-        // Full only under an absurd burst; the change is then applied locally but peers miss
-        // it, which would break routing: treat it as the invariant violation it is.
-        let queued = self.interest_queue.try_send(change);
-        assert!(queued.is_ok(), "interest broadcast queue overflow");
+        let mut pending = self.pending_interest.borrow_mut();
+        let key = (filter.to_string(), route);
+        if let Some(change) = pending.latest.get_mut(&key) {
+            change.present = present;
+            change.waiters.push(done);
+        } else {
+            pending.order.push_back(key.clone());
+            pending.latest.insert(
+                key,
+                PendingChange {
+                    present,
+                    waiters: vec![done],
+                },
+            );
+        }
+        debug_assert_eq!(pending.order.len(), pending.latest.len());
+        drop(pending);
+        self.interest_wakeup.notify();
         Some(waiter)
     }
 
-    fn apply_remote_interest(&self, origin: u16, seq: u64, filter: &str, present: bool) {
+    fn apply_remote_interest(
+        &self,
+        origin: u16,
+        seq: u64,
+        filter: &str,
+        route: &Route,
+        present: bool,
+    ) {
         let mut state = self.state.borrow_mut();
         let slot = &mut state.interest_seq_in[usize::from(origin)];
         assert_eq!(
@@ -411,11 +494,7 @@ impl<K: MqttKernel> MqttShard<K> {
             "interest broadcast from shard {origin} out of order"
         );
         *slot = seq;
-        if present {
-            state.interest.insert(filter, origin, ());
-        } else {
-            state.interest.remove(filter, &origin);
-        }
+        apply_interest(&mut state, origin, filter, route, present);
     }
 
     // ------------------------------------------------------------ subscriptions
@@ -437,38 +516,80 @@ impl<K: MqttKernel> MqttShard<K> {
             .subscriptions
             .insert(filter.to_string(), subscription.clone())
             .is_none();
-        state.local.insert(filter, client.clone(), subscription);
-        let waiter = if is_new && state.local.subscribers_of(filter) == 1 {
-            self.change_interest(&mut state, filter, true)
-        } else {
-            None
-        };
+        let waiter = self.add_route(&mut state, client, filter, subscription, is_new);
         (is_new, waiter)
     }
 
-    /// Removes `client`'s subscription to `filter`; returns whether it existed.
-    pub fn unsubscribe(&self, client: &Rc<str>, filter: &str) -> bool {
-        let mut state = self.state.borrow_mut();
-        let Some(entry) = state.sessions.get_mut(client) else {
-            return false;
-        };
-        if entry.session.subscriptions.remove(filter).is_none() {
-            return false;
+    /// Routes `filter` to `client` here (a shared subscription: makes it a group member on
+    /// every shard). Returns a waiter when other shards must learn of it first.
+    fn add_route(
+        &self,
+        state: &mut State,
+        client: &Rc<str>,
+        filter: &str,
+        subscription: Subscription,
+        is_new: bool,
+    ) -> Option<flume::Receiver<()>> {
+        if let FilterKind::Shared { group, filter } = shared::parse(filter) {
+            let route = Route::Member {
+                group: Arc::from(group),
+                client: Arc::from(&**client),
+            };
+            return is_new
+                .then(|| self.change_interest(state, filter, route, true))
+                .flatten();
         }
-        Self::remove_local(self, &mut state, client, filter);
-        true
+        state.local.insert(filter, client.clone(), subscription);
+        if is_new && state.local.subscribers_of(filter) == 1 {
+            self.change_interest(state, filter, Route::Shard, true)
+        } else {
+            None
+        }
     }
 
-    fn remove_local(&self, state: &mut State, client: &Rc<str>, filter: &str) {
-        if state.local.remove(filter, client).is_some() && state.local.subscribers_of(filter) == 0 {
-            // Nobody waits for a removal: a stale route only costs a wasted hop.
-            self.change_interest(state, filter, false);
+    /// Removes `client`'s subscription to `filter`. Returns whether it existed, and a waiter
+    /// that completes once every shard stopped routing it here (UNSUBACK waits for it, so no
+    /// shard picks a shared subscription member after its UNSUBACK).
+    pub fn unsubscribe(
+        &self,
+        client: &Rc<str>,
+        filter: &str,
+    ) -> (bool, Option<flume::Receiver<()>>) {
+        let mut state = self.state.borrow_mut();
+        let Some(entry) = state.sessions.get_mut(client) else {
+            return (false, None);
+        };
+        if entry.session.subscriptions.remove(filter).is_none() {
+            return (false, None);
         }
+        (true, self.remove_route(&mut state, client, filter))
+    }
+
+    /// Undoes `add_route` for a subscription the session had. A session that ends does not
+    /// wait for the waiter: a stale route only costs a wasted hop (or, for a picked shared
+    /// subscription member, that message).
+    fn remove_route(
+        &self,
+        state: &mut State,
+        client: &Rc<str>,
+        filter: &str,
+    ) -> Option<flume::Receiver<()>> {
+        if let FilterKind::Shared { group, filter } = shared::parse(filter) {
+            let route = Route::Member {
+                group: Arc::from(group),
+                client: Arc::from(&**client),
+            };
+            return self.change_interest(state, filter, route, false);
+        }
+        if state.local.remove(filter, client).is_some() && state.local.subscribers_of(filter) == 0 {
+            return self.change_interest(state, filter, Route::Shard, false);
+        }
+        None
     }
 
     fn drop_subscriptions(&self, state: &mut State, client: &Rc<str>, session: &Session) {
         for filter in session.subscriptions.keys() {
-            self.remove_local(state, client, filter);
+            self.remove_route(state, client, filter);
         }
     }
 
@@ -490,36 +611,89 @@ impl<K: MqttKernel> MqttShard<K> {
 
     // ------------------------------------------------------------ routing
 
-    /// Routes `message` to every matching subscriber on every shard; stores it first if it is
-    /// retained. Returns whether any shard has a matching subscription.
+    /// Routes `message` to every matching subscriber on every shard and to one member of each
+    /// matching shared subscription group; stores it first if it is retained. Returns whether
+    /// anyone subscribes.
     pub async fn publish(self: &Rc<Self>, message: SharedMessage) -> Result<bool, MeshClosed> {
         bump(&self.stats.messages_received, 1);
         if message.retain {
             self.retain(message.clone()).await?;
         }
-        let mut shards: Vec<u16> = Vec::new();
-        self.state
-            .borrow()
-            .interest
-            .for_each_match(&message.topic, |shard, ()| shards.push(*shard));
-        shards.sort_unstable();
-        shards.dedup();
+        let plan = self.plan_delivery(&message.topic);
+        let matched = !plan.is_empty();
         let me = self.shard_id();
-        for shard in &shards {
-            if *shard == me {
-                self.deliver_local(&message);
+        for (shard, to_subscribers, shared) in plan {
+            if shard == me {
+                if to_subscribers {
+                    self.deliver_local(&message);
+                }
+                self.deliver_shared(&message, &shared);
             } else {
-                self.kernel
-                    .send(
-                        *shard,
-                        ShardMessage::Deliver {
-                            message: message.clone(),
-                        },
-                    )
-                    .await?;
+                let deliver = ShardMessage::Deliver {
+                    message: message.clone(),
+                    to_subscribers,
+                    shared,
+                };
+                self.kernel.send(shard, deliver).await?;
             }
         }
-        Ok(!shards.is_empty())
+        Ok(matched)
+    }
+
+    /// Which shards get a message on `topic`: (shard, has matching subscribers, picked shared
+    /// subscription members there). One entry per shard, so one hop per shard.
+    fn plan_delivery(&self, topic: &str) -> Vec<(u16, bool, Vec<SharedTarget>)> {
+        let mut plan: Vec<(u16, bool, Vec<SharedTarget>)> = Vec::new();
+        let state = self.state.borrow();
+        state.interest.for_each_match(topic, |shard, ()| {
+            match plan.iter_mut().find(|(s, _, _)| s == shard) {
+                Some(entry) => entry.1 = true,
+                None => plan.push((*shard, true, Vec::new())),
+            }
+        });
+        state.shared.for_each_match(topic, |_, group| {
+            let Some((shard, client)) = group.pick() else {
+                return;
+            };
+            let target = SharedTarget {
+                client: client.clone(),
+                share_filter: group.share_filter.clone(),
+            };
+            match plan.iter_mut().find(|(s, _, _)| s == shard) {
+                Some(entry) => entry.2.push(target),
+                None => plan.push((*shard, false, vec![target])),
+            }
+        });
+        plan
+    }
+
+    /// Hands `message` to the shared subscription members the publisher's shard picked here,
+    /// with the options of their shared subscription.
+    pub fn deliver_shared(&self, message: &SharedMessage, targets: &[SharedTarget]) {
+        if targets.is_empty() {
+            return;
+        }
+        let now = self.kernel.now_ms();
+        let mut state = self.state.borrow_mut();
+        for target in targets {
+            let Some(entry) = state.sessions.get_mut(&*target.client) else {
+                debug!(client = %target.client, "shared subscription member gone");
+                continue;
+            };
+            let Some(subscription) = entry.session.subscriptions.get(&*target.share_filter) else {
+                debug!(client = %target.client, "shared subscription gone");
+                continue;
+            };
+            let outgoing = Outgoing {
+                message: message.clone(),
+                qos: subscription.qos.min(message.qos),
+                retain: subscription.retain_as_published && message.retain,
+                subscription_ids: subscription.subscription_id.into_iter().collect(),
+            };
+            if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
+                bump(&self.stats.messages_sent, 1);
+            }
+        }
     }
 
     /// Hands `message` to this shard's matching sessions: one copy per session at the highest
@@ -678,12 +852,14 @@ impl<K: MqttKernel> MqttShard<K> {
             }
             if let Some(mut moved) = moved.filter(|_| !clean_start) {
                 for (filter, subscription) in &moved.subscriptions {
-                    state
-                        .local
-                        .insert(filter, client_id.clone(), subscription.clone());
-                    if state.local.subscribers_of(filter) == 1 {
-                        waiters.extend(self.change_interest(&mut state, filter, true));
-                    }
+                    let subscription = subscription.clone();
+                    waiters.extend(self.add_route(
+                        &mut state,
+                        client_id,
+                        filter,
+                        subscription,
+                        true,
+                    ));
                 }
                 moved.begin_dedup();
                 session = Some(moved);
@@ -1001,13 +1177,23 @@ impl<K: MqttKernel> MqttShard<K> {
                 origin,
                 seq,
                 filter,
+                route,
                 present,
                 ack,
             } => {
-                self.apply_remote_interest(origin, seq, &filter, present);
+                self.apply_remote_interest(origin, seq, &filter, &route, present);
                 let _ = ack.try_send(());
             }
-            ShardMessage::Deliver { message } => self.deliver_local(&message),
+            ShardMessage::Deliver {
+                message,
+                to_subscribers,
+                shared,
+            } => {
+                if to_subscribers {
+                    self.deliver_local(&message);
+                }
+                self.deliver_shared(&message, &shared);
+            }
             ShardMessage::Claim {
                 client_id,
                 shard,
@@ -1055,6 +1241,36 @@ impl<K: MqttKernel> MqttShard<K> {
         }
         self.drop_subscriptions(&mut state, &client, &entry.session);
         (!clean_start).then_some(entry.session)
+    }
+}
+
+/// Applies an interest change of shard `origin` to this shard's copy of the routing tries.
+fn apply_interest(state: &mut State, origin: u16, filter: &str, route: &Route, present: bool) {
+    match route {
+        Route::Shard if present => {
+            state.interest.insert(filter, origin, ());
+        }
+        Route::Shard => {
+            state.interest.remove(filter, &origin);
+        }
+        Route::Member { group, client } if present => {
+            if let Some(members) = state.shared.get_mut(filter, group) {
+                members.add(origin, client.clone());
+                return;
+            }
+            let mut members = SharedGroup::new(group, filter);
+            members.add(origin, client.clone());
+            state.shared.insert(filter, group.clone(), members);
+        }
+        Route::Member { group, client } => {
+            let now_empty = state
+                .shared
+                .get_mut(filter, group)
+                .is_some_and(|members| members.remove(origin, client) && members.is_empty());
+            if now_empty {
+                state.shared.remove(filter, group);
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::constants::{
     MAX_DEDUP_IDS_PER_SESSION, MAX_INFLIGHT_PER_SESSION, MAX_QUEUED_MESSAGES_PER_SESSION,
 };
 use super::message::SharedMessage;
+use super::topic_alias::{AliasUse, TopicAliases};
 
 /// Options of one subscription (a filter of one session).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct LinkOut<'a> {
     pub buffer: &'a mut BytesMut,
     /// Whether the outbox has room for more QoS 0 bytes.
     pub has_room: bool,
+    /// The connection's topic aliases towards the client (v5 clients that accept them).
+    pub aliases: Option<&'a mut TopicAliases>,
 }
 
 /// What happened to a message handed to `deliver`.
@@ -342,8 +345,17 @@ fn send_publish(
     now_ms: u64,
 ) -> bool {
     let message = &outgoing.message;
+    let alias = link
+        .aliases
+        .as_deref()
+        .map_or(AliasUse::None, |aliases| aliases.plan(&message.topic));
+    let (topic, topic_alias) = match alias {
+        AliasUse::None => (message.topic.as_str(), None),
+        AliasUse::Set(alias) => (message.topic.as_str(), Some(alias)),
+        AliasUse::Use(alias) => ("", Some(alias)),
+    };
     let publish = OutgoingPublish {
-        topic: &message.topic,
+        topic,
         payload: &message.payload,
         qos: outgoing.qos,
         pkid,
@@ -352,11 +364,15 @@ fn send_publish(
         properties: &message.properties,
         message_expiry_s: message.remaining_expiry_s(now_ms),
         subscription_ids: &outgoing.subscription_ids,
+        topic_alias,
     };
     if codec::publish_size(link.level, &publish) > link.max_packet_size {
         return false;
     }
     codec::encode_publish(link.buffer, link.level, &publish);
+    if let Some(aliases) = link.aliases.as_deref_mut() {
+        aliases.commit(&message.topic, alias);
+    }
     true
 }
 
@@ -400,6 +416,7 @@ mod tests {
             window,
             buffer,
             has_room: true,
+            aliases: None,
         }
     }
 

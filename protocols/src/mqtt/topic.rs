@@ -3,7 +3,7 @@
 
 use super::constants::{MAX_TOPIC_BYTES, MAX_TOPIC_LEVELS};
 
-/// Prefix of a v5 shared subscription filter (`$share/GROUP/FILTER`).
+/// Prefix of a shared subscription filter (`$share/GROUP/FILTER`, see `shared`).
 pub const SHARED_SUBSCRIPTION_PREFIX: &str = "$share/";
 
 /// A topic name a PUBLISH may carry: non-empty, no wildcards, no NUL, bounded.

@@ -1,7 +1,8 @@
 //! CONNECT: refuse what we cannot serve (shutting down, an authentication method, an empty
 //! client id where the level forbids one, a bad will topic), otherwise claim the client id
 //! across shards (taking over any existing connection and session), answer CONNACK with what
-//! this server allows (v5 properties), and attach the connection so pending messages flow.
+//! this server allows (v5 properties, among them a capped keep-alive: see `MqttConfig`), and
+//! attach the connection so pending messages flow.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -96,9 +97,16 @@ pub async fn handle<K: MqttKernel>(
         .max_packet_size
         .map_or(usize::MAX, |size| size as usize);
     let window = usize::from(connect.receive_maximum).min(MAX_INFLIGHT_PER_SESSION);
-    let link = Rc::new(Link::new(level, max_packet_size, window));
+    let link = Rc::new(Link::new(
+        level,
+        max_packet_size,
+        window,
+        connect.topic_alias_maximum,
+    ));
+    let keep_alive_s = engine.config.granted_keep_alive_s(connect.keep_alive_s);
     let properties = ConnAckProperties {
         assigned_client_id,
+        server_keep_alive_s: (keep_alive_s != connect.keep_alive_s).then_some(keep_alive_s),
         receive_maximum: SERVER_RECEIVE_MAXIMUM,
         max_packet_size: MAX_PACKET_SIZE_BYTES as u32,
         topic_alias_maximum: SERVER_TOPIC_ALIAS_MAXIMUM,
@@ -121,7 +129,7 @@ pub async fn handle<K: MqttKernel>(
         generation: connected.generation,
         link,
         level,
-        keep_alive_s: connect.keep_alive_s,
+        keep_alive_s,
         will: RefCell::new(connect.will),
         session_expiry_s: Cell::new(connect.session_expiry_s),
         topic_aliases: RefCell::new(HashMap::new()),

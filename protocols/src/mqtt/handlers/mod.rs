@@ -30,7 +30,7 @@ pub async fn dispatch<K: MqttKernel>(
         Packet::PubRel { pkid, .. } => pubrel::handle(connection, pkid),
         Packet::PubComp { pkid, .. } => pubcomp::handle(connection, pkid),
         Packet::Subscribe(subscribe) => subscribe::handle(connection, subscribe).await,
-        Packet::Unsubscribe(unsubscribe) => unsubscribe::handle(connection, unsubscribe),
+        Packet::Unsubscribe(unsubscribe) => unsubscribe::handle(connection, unsubscribe).await,
         Packet::PingReq => pingreq::handle(connection),
         Packet::Disconnect {
             reason,

@@ -1,14 +1,16 @@
 //! SUBSCRIBE: validate each filter, record it, and answer SUBACK once every shard routes the
 //! new filters here (so a publish after the SUBACK is not missed); then send the matching
 //! retained messages (v5 retain handling 0: always, 1: new subscriptions only, 2: never).
-//! Shared subscriptions (`$share/...`) are refused (v5 0x9E, 3.1.1 0x80).
+//! Shared subscriptions (`$share/GROUP/FILTER`) join GROUP on every shard and get no retained
+//! messages (v5 section 4.8.2); one with No Local set is a protocol error (0x82).
 
 use crate::mqtt::codec::{self, reason, Subscribe};
 use crate::mqtt::connection::{Connection, End};
 use crate::mqtt::constants::MAX_SUBSCRIPTIONS_PER_SESSION;
 use crate::mqtt::kernel::MqttKernel;
 use crate::mqtt::session::{Outgoing, Subscription};
-use crate::mqtt::topic::{valid_topic_filter, SHARED_SUBSCRIPTION_PREFIX};
+use crate::mqtt::shared::{self, FilterKind};
+use crate::mqtt::topic::valid_topic_filter;
 
 pub async fn handle<K: MqttKernel>(
     connection: &Connection<K>,
@@ -24,15 +26,23 @@ pub async fn handle<K: MqttKernel>(
             reason::V3_SUBSCRIBE_FAILURE
         }
     };
+    let no_local_shared = subscribe.filters.iter().any(|request| {
+        request.no_local && matches!(shared::parse(&request.filter), FilterKind::Shared { .. })
+    });
+    if v5 && no_local_shared {
+        return Err(End::protocol(
+            reason::PROTOCOL_ERROR,
+            "No Local on a shared subscription",
+        ));
+    }
     let mut codes = Vec::with_capacity(subscribe.filters.len());
     let mut waiters = Vec::new();
     let mut retained_for = Vec::new();
     for request in &subscribe.filters {
         let filter = request.filter.as_str();
-        let code = if !valid_topic_filter(filter) {
+        let kind = shared::parse(filter);
+        let code = if !valid_topic_filter(filter) || kind == FilterKind::Invalid {
             failure(reason::TOPIC_FILTER_INVALID)
-        } else if filter.starts_with(SHARED_SUBSCRIPTION_PREFIX) {
-            failure(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
         } else if engine.subscription_count(client) >= MAX_SUBSCRIPTIONS_PER_SESSION
             && !engine.is_subscribed(client, filter)
         {
@@ -47,7 +57,9 @@ pub async fn handle<K: MqttKernel>(
             };
             let (is_new, waiter) = engine.subscribe(client, filter, subscription);
             waiters.extend(waiter);
-            if request.retain_handling == 0 || (request.retain_handling == 1 && is_new) {
+            let wants_retained =
+                request.retain_handling == 0 || (request.retain_handling == 1 && is_new);
+            if kind == FilterKind::Plain && wants_retained {
                 retained_for.push((filter.to_string(), granted));
             }
             granted

@@ -1,0 +1,55 @@
+//! Settings of the MQTT layer an operator may change: the `mqtt.*` keys of the node's config
+//! file. Read-only once the shard starts (each shard holds its own copy).
+
+use super::constants::DEFAULT_MAX_KEEP_ALIVE_S;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// Longest keep-alive granted, in seconds (1..=65,535). A client asking more, or asking 0
+    /// (no keep-alive), gets this value: v5 clients are told so in CONNACK (Server Keep Alive);
+    /// 3.1/3.1.1 have no way to tell, so they are held to it silently (Mosquitto refuses them
+    /// instead). 65,535 caps nothing and allows keep-alive 0. Either way a connection silent
+    /// for 1.5 x its granted keep-alive is closed.
+    pub max_keep_alive_s: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            max_keep_alive_s: DEFAULT_MAX_KEEP_ALIVE_S,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The keep-alive granted to a client that asked for `requested_s`.
+    pub fn granted_keep_alive_s(&self, requested_s: u16) -> u16 {
+        if self.max_keep_alive_s == DEFAULT_MAX_KEEP_ALIVE_S {
+            return requested_s;
+        }
+        if requested_s == 0 || requested_s > self.max_keep_alive_s {
+            self.max_keep_alive_s
+        } else {
+            requested_s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_capped_and_zero_is_capped_only_under_a_cap() {
+        let uncapped = MqttConfig::default();
+        assert_eq!(uncapped.granted_keep_alive_s(0), 0);
+        assert_eq!(uncapped.granted_keep_alive_s(65_535), 65_535);
+        let capped = MqttConfig {
+            max_keep_alive_s: 5,
+        };
+        assert_eq!(capped.granted_keep_alive_s(600), 5);
+        assert_eq!(capped.granted_keep_alive_s(0), 5);
+        assert_eq!(capped.granted_keep_alive_s(3), 3);
+        assert_eq!(capped.granted_keep_alive_s(5), 5);
+    }
+}

@@ -35,6 +35,11 @@ print_summary() {
   echo
   echo "==================== test.sh summary ($(( $(date +%s) - T0 ))s) ===================="
   printf '%s\n' "${SUMMARY[@]}"
+  if [ -n "${CARGO_TEST_LOG:-}" ] && [ -f "$CARGO_TEST_LOG" ]; then
+    # Tests that failed, panicked or ran long (a hang shows as "running for over 60 seconds").
+    grep -E "running for over|FAILED|panicked at|^error" "$CARGO_TEST_LOG" | head -20 \
+      | sed 's/^/  cargo test: /'
+  fi
   if [ "$FAILED" -ne 0 ]; then echo "RESULT: FAILED"; else echo "RESULT: OK"; fi
   # Last line: the integration-test counts.
   if [ -n "${PYTEST_LINE:-}" ]; then
@@ -57,8 +62,12 @@ if [ "${RMQ_SKIP_CARGO:-0}" != "1" ]; then
        timeout 1800 cargo build --release -p rmq-bench; then
     print_summary; exit 1
   fi
+  # The output also goes to a log, so the summary can name failed or hanging tests: CI shows
+  # only the tail of this script's output.
+  CARGO_TEST_LOG="$ROOT/target/cargo-test.log"
   run_step "cargo test --workspace --release" \
-    timeout 1800 cargo test --workspace --release
+    bash -o pipefail -c 'timeout --kill-after=30 2400 cargo test --workspace --release 2>&1 | tee "$1"' \
+    _ "$CARGO_TEST_LOG"
 else
   SUMMARY+=("  skip  cargo build/test (RMQ_SKIP_CARGO=1)")
 fi

@@ -251,6 +251,8 @@ fn wait_for_signal(
 }
 
 async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
+    // First, so recovery's IO is covered too (see rmq_storage::reactor_tick).
+    rmq_storage::reactor_tick::spawn_reactor_tick();
     let index = start.next_shard_id.fetch_add(1, Ordering::SeqCst);
     assert!(index < start.config.cores, "more executors than shards");
     let id = ShardId(u16::try_from(index).context("shard id")?);

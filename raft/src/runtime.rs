@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 /// a runtime; `new` / `block_on` exist for tests, which run on a fresh `LocalExecutor`.
 pub struct GlommioRuntime {
     executor: LocalExecutor,
+    /// The executor's reactor tick is spawned (by the first `block_on`).
+    ticking: bool,
 }
 
 impl fmt::Debug for GlommioRuntime {
@@ -196,14 +198,23 @@ impl AsyncRuntime for GlommioRuntime {
             .io_memory(RUNTIME_IO_MEMORY_BYTES)
             .make()
             .expect("a glommio executor for the test runtime");
-        GlommioRuntime { executor }
+        GlommioRuntime {
+            executor,
+            ticking: false,
+        }
     }
 
     fn block_on<F, T>(&mut self, future: F) -> T
     where
         F: Future<Output = T>,
     {
-        self.executor.run(future)
+        let spawn_tick = !std::mem::replace(&mut self.ticking, true);
+        self.executor.run(async move {
+            if spawn_tick {
+                rmq_storage::reactor_tick::spawn_reactor_tick();
+            }
+            future.await
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod log_manager;
 mod log_writer;
 mod memory_log;
 mod producer_state;
+pub mod reactor_tick;
 mod records;
 mod recovery;
 mod segment;

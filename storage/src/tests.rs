@@ -154,6 +154,7 @@ where
     let cleanup = dir.clone();
     LocalExecutorBuilder::default()
         .spawn(move || async move {
+            crate::reactor_tick::spawn_reactor_tick();
             probe_direct_io(&dir).await.expect("probe");
             test(dir.join("topic").join("0")).await;
         })

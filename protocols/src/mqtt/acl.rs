@@ -110,9 +110,11 @@ impl Acl {
                 "publish" => (true, false),
                 "subscribe" => (false, true),
                 "all" => (true, true),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "mqtt.acl rule {number}: unknown action {other:?} (publish | subscribe | all)"
-                )),
+                ))
+                }
             };
             if !valid_topic_filter(&spec.topic) {
                 return Err(format!(
@@ -202,15 +204,15 @@ enum Cover {
 fn covers(levels: &[Level], actor: Actor<'_>, filter: &str) -> Cover {
     let mut parts = filter.split('/');
     for level in levels.iter() {
-        let part = match level {
-            Level::Hash => return Cover::Yes,
-            _ => parts.next(),
-        };
-        let Some(part) = part else {
+        if *level == Level::Hash {
+            // `#` is the last level and covers the rest, the parent level included.
+            return Cover::Yes;
+        }
+        let Some(part) = parts.next() else {
             return Cover::No;
         };
         let ok = match level {
-            Level::Hash => true,
+            Level::Hash => return Cover::Yes,
             Level::Plus => part != "#",
             Level::Literal(literal) => part == &**literal,
             Level::ClientId | Level::Username => {

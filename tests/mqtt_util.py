@@ -30,7 +30,7 @@ class Client(object):
 
     def __init__(self, port, client_id=None, protocol=V311, clean=True, keepalive=60,
                  will=None, connect_properties=None, host="127.0.0.1", wait=True,
-                 websocket_path=None):
+                 websocket_path=None, username=None, password=None):
         self.protocol = protocol
         self.client_id = client_id if client_id is not None else unique_id()
         self.lock = threading.Lock()
@@ -57,6 +57,8 @@ class Client(object):
         self.c.on_publish = self._on_publish
         if will is not None:
             self.c.will_set(**will)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         connect_kwargs = {}
         if protocol == V5:
             connect_kwargs["clean_start"] = clean

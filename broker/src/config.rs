@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use std::sync::Arc;
+
+use rmq_protocols::mqtt::acl::{Acl, AclRuleSpec};
+use rmq_protocols::mqtt::auth::PasswordFile;
 use rmq_protocols::mqtt::MqttConfig;
 use serde::Deserialize;
 
@@ -50,7 +54,8 @@ pub struct Cli {
     #[arg(long)]
     pub node_id: Option<i32>,
     /// TOML file with the same keys as these flags (snake_case) plus broker settings such as
-    /// auto_create_topics_enable, num_partitions, socket_request_max_bytes.
+    /// auto_create_topics_enable, num_partitions, socket_request_max_bytes, and an [mqtt]
+    /// table (max_keep_alive_s, allow_anonymous, password_file, [[mqtt.acl]] rules).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter for stderr, e.g. info, debug, rmq_storage=debug. Default: info
@@ -89,6 +94,26 @@ pub struct FileConfig {
 pub struct MqttFileConfig {
     /// Longest keep-alive granted to MQTT clients, 1..=65535 s. Default 65535 (no cap).
     pub max_keep_alive_s: Option<u16>,
+    /// Whether clients without a username may connect. Default true.
+    pub allow_anonymous: Option<bool>,
+    /// File of `username:$argon2id$...` lines (`rmq user add` writes it); read at startup.
+    pub password_file: Option<PathBuf>,
+    /// `[[mqtt.acl]]` rules, evaluated in order, first match wins, default allow.
+    pub acl: Option<Vec<MqttAclFileRule>>,
+}
+
+/// One `[[mqtt.acl]]` rule (see `rmq_protocols::mqtt::acl`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MqttAclFileRule {
+    /// `allow` or `deny`.
+    pub permission: String,
+    /// `publish`, `subscribe` or `all`.
+    pub action: String,
+    /// Topic filter; `%c` / `%u` levels stand for the client id / username.
+    pub topic: String,
+    pub username: Option<String>,
+    pub clientid: Option<String>,
 }
 
 /// The resolved configuration every shard receives (a read-only copy).
@@ -233,6 +258,26 @@ fn mqtt_config(file: MqttFileConfig) -> anyhow::Result<MqttConfig> {
         }
         config.max_keep_alive_s = max_keep_alive_s;
     }
+    if let Some(allow_anonymous) = file.allow_anonymous {
+        config.allow_anonymous = allow_anonymous;
+    }
+    if let Some(path) = &file.password_file {
+        let users = PasswordFile::load(path).map_err(anyhow::Error::msg)?;
+        config.password_file = Some(Arc::new(users));
+    }
+    let specs: Vec<AclRuleSpec> = file
+        .acl
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rule| AclRuleSpec {
+            permission: rule.permission,
+            action: rule.action,
+            topic: rule.topic,
+            username: rule.username,
+            clientid: rule.clientid,
+        })
+        .collect();
+    config.acl = Arc::new(Acl::compile(&specs).map_err(anyhow::Error::msg)?);
     Ok(config)
 }
 
@@ -296,11 +341,45 @@ mod tests {
         }
         let zero = MqttFileConfig {
             max_keep_alive_s: Some(0),
+            ..MqttFileConfig::default()
         };
         assert!(mqtt_config(zero).is_err());
         assert_eq!(
             mqtt_config(MqttFileConfig::default()).expect("default"),
             MqttConfig::default()
         );
+    }
+
+    #[test]
+    fn mqtt_acl_rules_and_password_file_are_read_and_checked() {
+        let text = "[mqtt]\nallow_anonymous = false\n\n[[mqtt.acl]]\npermission = \"deny\"\n\
+                    action = \"subscribe\"\ntopic = \"secret/#\"\nusername = \"bob\"\n";
+        let file = toml::from_str::<FileConfig>(text).expect("valid config");
+        let config = mqtt_config(file.mqtt.unwrap_or_default()).expect("valid mqtt config");
+        assert!(!config.allow_anonymous);
+        assert!(!config.acl.is_empty());
+        let bad = toml::from_str::<FileConfig>(
+            "[[mqtt.acl]]\npermission = \"deny\"\naction = \"read\"\ntopic = \"a\"\n",
+        )
+        .expect("valid toml");
+        let error = mqtt_config(bad.mqtt.unwrap_or_default()).expect_err("bad action");
+        assert!(
+            error
+                .to_string()
+                .contains("mqtt.acl rule 1: unknown action"),
+            "{error}"
+        );
+        let dir = std::env::temp_dir().join(format!("rmq-pwfile-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("passwords");
+        std::fs::write(&path, "alice:nothash\n").expect("write");
+        let broken = MqttFileConfig {
+            password_file: Some(path.clone()),
+            ..MqttFileConfig::default()
+        };
+        let error = mqtt_config(broken).expect_err("malformed line");
+        let want = format!("{}:1: not a PHC string", path.display());
+        assert!(error.to_string().starts_with(&want), "{error}");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -1,4 +1,5 @@
-//! `rmq`: the RobustMQ command-line client (topics, produce, consume, groups, cluster).
+//! `rmq`: the RobustMQ command-line client (topics, produce, consume, groups, cluster,
+//! MQTT users).
 
 use clap::Parser;
 use rmq_broker::cli::{run, Cli};

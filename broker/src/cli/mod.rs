@@ -1,7 +1,7 @@
 //! `rmq`: the command-line client for operators. It speaks the Kafka protocol to any broker in
 //! `--brokers` (or `RMQ_BROKERS`) through a small blocking client (`client`): topics
 //! (`topic`), records in and out (`produce`, `consume`), consumer groups (`group`) and the
-//! cluster (`cluster`).
+//! cluster (`cluster`). `user` edits an MQTT password file locally and contacts no broker.
 
 pub mod client;
 pub mod cluster;
@@ -9,6 +9,7 @@ pub mod consume;
 pub mod group;
 pub mod produce;
 pub mod topic;
+pub mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -44,16 +45,24 @@ pub enum Command {
     /// The cluster: id, controller, brokers.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Add and delete MQTT users in a password file (mqtt.password_file); no broker needed.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 /// Runs the parsed command; errors are printed by the binary.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::User(command) => return user::run(command),
+        other => other,
+    };
     let mut client = client::Client::connect(&cli.brokers)?;
-    match cli.command {
+    match command {
         Command::Topic(command) => topic::run(&mut client, command),
         Command::Produce(args) => produce::run(&mut client, args),
         Command::Consume(args) => consume::run(&mut client, args),
         Command::Group(command) => group::run(&mut client, command),
         Command::Cluster(command) => cluster::run(&mut client, command),
+        Command::User(command) => user::run(command),
     }
 }

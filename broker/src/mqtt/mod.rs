@@ -60,6 +60,15 @@ impl MqttKernel for BrokerMqttKernel {
     fn accepting(&self) -> bool {
         !self.shard.is_stopping()
     }
+
+    /// On the executor's blocking thread (glommio keeps one per executor by default), so the
+    /// shard goes on serving while an Argon2 hash is checked.
+    fn run_blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> impl Future<Output = R> {
+        glommio::executor().spawn_blocking(work)
+    }
 }
 
 pub type Engine = MqttShard<BrokerMqttKernel>;

@@ -194,6 +194,8 @@ pub mod reason {
     pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
     pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
     pub const CLIENT_IDENTIFIER_NOT_VALID: u8 = 0x85;
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const SERVER_BUSY: u8 = 0x89;
     pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
@@ -212,6 +214,8 @@ pub mod reason {
     pub const V3_UNACCEPTABLE_PROTOCOL_VERSION: u8 = 0x01;
     pub const V3_IDENTIFIER_REJECTED: u8 = 0x02;
     pub const V3_SERVER_UNAVAILABLE: u8 = 0x03;
+    pub const V3_BAD_USERNAME_OR_PASSWORD: u8 = 0x04;
+    pub const V3_NOT_AUTHORIZED: u8 = 0x05;
     /// 3.1.1 SUBACK failure.
     pub const V3_SUBSCRIBE_FAILURE: u8 = 0x80;
 }

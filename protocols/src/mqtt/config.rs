@@ -1,6 +1,11 @@
 //! Settings of the MQTT layer an operator may change: the `mqtt.*` keys of the node's config
-//! file. Read-only once the shard starts (each shard holds its own copy).
+//! file. Read-only once the shard starts (each shard holds its own copy; the password file
+//! and the ACL are shared behind `Arc`s).
 
+use std::sync::Arc;
+
+use super::acl::Acl;
+use super::auth::PasswordFile;
 use super::constants::DEFAULT_MAX_KEEP_ALIVE_S;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,12 +16,21 @@ pub struct MqttConfig {
     /// instead). 65,535 caps nothing and allows keep-alive 0. Either way a connection silent
     /// for 1.5 x its granted keep-alive is closed.
     pub max_keep_alive_s: u16,
+    /// Whether a client without a username may connect (see `auth`).
+    pub allow_anonymous: bool,
+    /// The users of `mqtt.password_file`, if one is configured (see `auth`).
+    pub password_file: Option<Arc<PasswordFile>>,
+    /// The `[[mqtt.acl]]` rules (see `acl`); empty allows everything.
+    pub acl: Arc<Acl>,
 }
 
 impl Default for MqttConfig {
     fn default() -> MqttConfig {
         MqttConfig {
             max_keep_alive_s: DEFAULT_MAX_KEEP_ALIVE_S,
+            allow_anonymous: true,
+            password_file: None,
+            acl: Arc::new(Acl::default()),
         }
     }
 }
@@ -46,6 +60,7 @@ mod tests {
         assert_eq!(uncapped.granted_keep_alive_s(65_535), 65_535);
         let capped = MqttConfig {
             max_keep_alive_s: 5,
+            ..MqttConfig::default()
         };
         assert_eq!(capped.granted_keep_alive_s(600), 5);
         assert_eq!(capped.granted_keep_alive_s(0), 5);

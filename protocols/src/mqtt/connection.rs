@@ -17,6 +17,7 @@ use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use super::acl::Actor;
 use super::codec::{self, Connect, DecodeError, ProtocolLevel, Will};
 use super::constants::{
     CONNECT_TIMEOUT_MS, MAX_PACKET_SIZE_BYTES, READ_CHUNK_BYTES, READ_IDLE_BYTES,
@@ -29,6 +30,8 @@ use super::kernel::MqttKernel;
 pub struct Connection<K: MqttKernel> {
     pub engine: Rc<MqttShard<K>>,
     pub client_id: Rc<str>,
+    /// The username the client connected with (checked against the password file, if any).
+    pub username: Option<Box<str>>,
     /// The client id as a message's publisher (for v5 no-local).
     pub publisher: Arc<str>,
     /// Which attachment of the session this connection is (a takeover starts a new one).
@@ -41,6 +44,16 @@ pub struct Connection<K: MqttKernel> {
     pub session_expiry_s: Cell<u32>,
     /// Topic aliases the client set (v5), bounded by our Topic Alias Maximum.
     pub topic_aliases: RefCell<HashMap<u16, String>>,
+}
+
+impl<K: MqttKernel> Connection<K> {
+    /// This client as the ACL sees it.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+        }
+    }
 }
 
 /// Why a connection ended.

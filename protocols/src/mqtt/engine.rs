@@ -46,6 +46,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tracing::{debug, warn};
 
+use super::auth::VerifiedCache;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
@@ -340,6 +341,11 @@ pub struct MqttShard<K: MqttKernel> {
     next_message: Cell<u64>,
     next_generation: Cell<u64>,
     pub stats: Stats,
+    /// Successful password checks of this shard (see `auth`).
+    pub verified_logins: VerifiedCache,
+    /// Password checks running or queued on this shard (at most
+    /// `auth::MAX_PENDING_PASSWORD_CHECKS`).
+    pub pending_password_checks: Cell<usize>,
 }
 
 /// The shard that owns `client_id` in the registry.
@@ -365,6 +371,8 @@ impl<K: MqttKernel> MqttShard<K> {
             next_message: Cell::new(0),
             next_generation: Cell::new(0),
             stats: Stats::default(),
+            verified_logins: VerifiedCache::default(),
+            pending_password_checks: Cell::new(0),
         });
         let broadcaster = shard.clone();
         shard.kernel.spawn(Box::pin(

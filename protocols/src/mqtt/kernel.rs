@@ -28,4 +28,13 @@ pub trait MqttKernel: 'static {
     fn now_ms(&self) -> u64;
     /// False once the node is shutting down.
     fn accepting(&self) -> bool;
+    /// Runs CPU-heavy `work` (a password hash) off this shard's event loop if the runtime can,
+    /// and waits for its result. The default runs it in place.
+    fn run_blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> impl Future<Output = R> {
+        let result = work();
+        async move { result }
+    }
 }

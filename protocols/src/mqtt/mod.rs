@@ -4,6 +4,8 @@
 //! across shards. The runtime plugs in through `MqttKernel`; see `engine` for the cross-shard
 //! design.
 
+pub mod acl;
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connection;

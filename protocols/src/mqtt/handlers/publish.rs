@@ -2,9 +2,12 @@
 //! every matching subscriber on every shard (retained: store first), then acknowledge —
 //! QoS 1 with PUBACK, QoS 2 with PUBREC after recording the packet id, so a retransmission
 //! is acknowledged again but not delivered twice. v5 acks say 0x10 when nobody subscribes.
+//! A publish the ACL denies is dropped: v5 QoS 1/2 are answered 0x87 (Not authorized),
+//! 3.1/3.1.1 are acknowledged as usual (as Mosquitto does), QoS 0 silently.
 
 use std::sync::Arc;
 
+use crate::mqtt::acl::Action;
 use crate::mqtt::codec::{self, reason, Publish};
 use crate::mqtt::connection::{Connection, End};
 use crate::mqtt::constants::{SERVER_RECEIVE_MAXIMUM, SERVER_TOPIC_ALIAS_MAXIMUM};
@@ -26,6 +29,19 @@ pub async fn handle<K: MqttKernel>(
     let engine = &connection.engine;
     let level = connection.level;
     let pkid = publish.pkid;
+    let acl = &engine.config.acl;
+    let allowed = acl.is_empty() || acl.allows(connection.actor(), Action::Publish, &topic);
+    if !allowed && level.is_v5() {
+        let packet_type = match publish.qos {
+            1 => codec::PUBACK,
+            2 => codec::PUBREC,
+            _ => return Ok(()),
+        };
+        connection
+            .link
+            .write(|out| codec::encode_ack(out, level, packet_type, pkid, reason::NOT_AUTHORIZED));
+        return Ok(());
+    }
     if publish.qos == 2 {
         let fresh = engine.with_session(&connection.client_id, connection.generation, |s, _| {
             if s.inbound_qos2_pending() >= usize::from(SERVER_RECEIVE_MAXIMUM) {
@@ -49,6 +65,19 @@ pub async fn handle<K: MqttKernel>(
             }
             Some(Ok(true)) => {}
         }
+    }
+    if !allowed {
+        // 3.1/3.1.1 have no way to say no: acknowledge, deliver nothing.
+        match publish.qos {
+            1 => connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, reason::SUCCESS)),
+            2 => connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, reason::SUCCESS)),
+            _ => {}
+        }
+        return Ok(());
     }
     let now = engine.kernel.now_ms();
     let message = Arc::new(Message {

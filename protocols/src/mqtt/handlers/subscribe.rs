@@ -3,7 +3,11 @@
 //! retained messages (v5 retain handling 0: always, 1: new subscriptions only, 2: never).
 //! Shared subscriptions (`$share/GROUP/FILTER`) join GROUP on every shard and get no retained
 //! messages (v5 section 4.8.2); one with No Local set is a protocol error (0x82).
+//! A filter the ACL denies fails (3.1.1 0x80, v5 0x87 Not authorized; a shared one is checked
+//! by its inner filter), and retained messages on topics the client may not subscribe to are
+//! not sent (see `acl` for how filters are matched against rules).
 
+use crate::mqtt::acl::Action;
 use crate::mqtt::codec::{self, reason, Subscribe};
 use crate::mqtt::connection::{Connection, End};
 use crate::mqtt::constants::MAX_SUBSCRIPTIONS_PER_SESSION;
@@ -35,6 +39,8 @@ pub async fn handle<K: MqttKernel>(
             "No Local on a shared subscription",
         ));
     }
+    let acl = &engine.config.acl;
+    let actor = connection.actor();
     let mut codes = Vec::with_capacity(subscribe.filters.len());
     let mut waiters = Vec::new();
     let mut retained_for = Vec::new();
@@ -43,6 +49,10 @@ pub async fn handle<K: MqttKernel>(
         let kind = shared::parse(filter);
         let code = if !valid_topic_filter(filter) || kind == FilterKind::Invalid {
             failure(reason::TOPIC_FILTER_INVALID)
+        } else if !acl.is_empty()
+            && !acl.allows(actor, Action::Subscribe, acl_filter(&kind, filter))
+        {
+            failure(reason::NOT_AUTHORIZED)
         } else if engine.subscription_count(client) >= MAX_SUBSCRIPTIONS_PER_SESSION
             && !engine.is_subscribed(client, filter)
         {
@@ -79,6 +89,9 @@ pub async fn handle<K: MqttKernel>(
             .await
             .map_err(|_| End::ServerClose)?;
         for message in messages {
+            if !acl.is_empty() && !acl.allows(actor, Action::Subscribe, &message.topic) {
+                continue;
+            }
             let outgoing = Outgoing {
                 qos: granted.min(message.qos),
                 retain: true,
@@ -89,4 +102,12 @@ pub async fn handle<K: MqttKernel>(
         }
     }
     Ok(())
+}
+
+/// The filter the ACL judges: a shared subscription's inner filter.
+fn acl_filter<'a>(kind: &FilterKind<'a>, filter: &'a str) -> &'a str {
+    match kind {
+        FilterKind::Shared { filter, .. } => filter,
+        _ => filter,
+    }
 }

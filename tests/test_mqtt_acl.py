@@ -340,6 +340,26 @@ def test_client_id_and_username_expansion(acl_broker, level):
     assert codes == [1, 0x80]
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_wide_subscription_does_not_receive_denied_topics(acl_broker, level):
+    """`#` is granted (no deny rule covers it), but each live message is checked against the
+    subscribe rules on delivery: secret/... stays out, secret/open (allowed first) gets in."""
+    port = acl_broker.mqtt_port
+    sub = Client(port, protocol=level)
+    assert sub.subscribe("#", qos=1) == [1]
+    pub = Client(port, protocol=V5)
+    tag = unique_id("w")
+    pub.publish("secret/%s" % tag, b"hidden", qos=1)
+    pub.publish("secret/open", b"open-" + tag.encode(), qos=1)
+    pub.publish("public/%s" % tag, b"marker", qos=1)
+    # One publisher, one subscriber: order is kept, so the denied message would have come first.
+    sub.wait_messages(2)
+    got = [(m.topic, m.payload) for m in sub.messages if not m.topic.startswith("$")]
+    assert got == [("secret/open", b"open-" + tag.encode()), ("public/%s" % tag, b"marker")]
+    sub.disconnect()
+    pub.disconnect()
+
+
 def test_retained_messages_on_denied_topics_are_not_sent(acl_broker):
     port = acl_broker.mqtt_port
     pub = Client(port, protocol=V5)

@@ -12,10 +12,10 @@
 //!   topic the subscription can match is matched by the rule (`secret/#` covers `secret/a`,
 //!   `secret/+/x` and `secret/#`, not `#` nor `+/a`). So a deny rule refuses only
 //!   subscriptions entirely inside what it denies; a wider subscription (`#`) is granted and
-//!   its retained messages are checked one by one (a retained message on a topic a client may
-//!   not subscribe to is not sent), but live messages are not checked per delivery: to keep
-//!   `#` away from a tree, add a rule covering `#` (e.g. deny subscribe `#`). A shared
-//!   subscription `$share/G/F` is checked as `F`.
+//!   its messages are checked one by one against the subscribe rules with the topic name:
+//!   retained ones on subscribe, live ones on delivery (`MqttShard::may_receive`), so a `#`
+//!   subscriber gets nothing under a denied `secret/#`. A shared subscription `$share/G/F` is
+//!   checked as `F`.
 //! - Unlike subscription matching, a leading `+`/`#` in a rule also matches `$` topics: a
 //!   rule on `#` covers everything.
 //! - A client id or username containing `/`, `+` or `#` never equals a single level; so that

@@ -46,6 +46,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tracing::{debug, warn};
 
+use super::acl::{Action, Actor};
 use super::auth::VerifiedCache;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
@@ -238,6 +239,9 @@ struct SessionEntry {
     generation: u64,
     /// A will waiting for its delay (v5), published unless the client reconnects first.
     pending_will: Option<Will>,
+    /// The username of the connection last attached: `[[mqtt.acl]]` subscribe rules are
+    /// checked against it for every message delivered (also while offline).
+    username: Option<Rc<str>>,
 }
 
 #[derive(Default)]
@@ -692,6 +696,9 @@ impl<K: MqttKernel> MqttShard<K> {
                 debug!(client = %target.client, "shared subscription gone");
                 continue;
             };
+            if !self.may_receive(&target.client, entry, &message.topic) {
+                continue;
+            }
             let outgoing = Outgoing {
                 message: message.clone(),
                 qos: subscription.qos.min(message.qos),
@@ -743,6 +750,9 @@ impl<K: MqttKernel> MqttShard<K> {
         }
         for (client, outgoing) in targets {
             if let Some(entry) = sessions.get_mut(&client) {
+                if !self.may_receive(&client, entry, &message.topic) {
+                    continue;
+                }
                 if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
                     bump(&self.stats.messages_sent, 1);
                 }
@@ -751,6 +761,21 @@ impl<K: MqttKernel> MqttShard<K> {
     }
 
     /// Delivers one message to one local session (retained messages on subscribe).
+    /// Whether the `[[mqtt.acl]]` subscribe rules let `client` receive a message on `topic`:
+    /// a subscription a deny rule does not fully cover (`#` under a deny on `secret/#`) is
+    /// accepted, and this check keeps the denied topics out of it, message by message.
+    fn may_receive(&self, client: &str, entry: &SessionEntry, topic: &str) -> bool {
+        let acl = &self.config.acl;
+        if acl.is_empty() {
+            return true;
+        }
+        let actor = Actor {
+            client_id: client,
+            username: entry.username.as_deref(),
+        };
+        acl.allows(actor, Action::Subscribe, topic)
+    }
+
     pub fn deliver_to(&self, client: &str, outgoing: Outgoing) {
         let now = self.kernel.now_ms();
         let mut state = self.state.borrow_mut();
@@ -888,6 +913,7 @@ impl<K: MqttKernel> MqttShard<K> {
                     link: None,
                     generation,
                     pending_will: None,
+                    username: None,
                 },
             );
         }
@@ -921,7 +947,13 @@ impl<K: MqttKernel> MqttShard<K> {
 
     /// Attaches the connection (after its CONNACK is in the outbox) and sends what the session
     /// has pending: unacknowledged messages again, then the queue.
-    pub fn attach(&self, client: &str, generation: u64, link: &Rc<Link>) -> bool {
+    pub fn attach(
+        &self,
+        client: &str,
+        generation: u64,
+        link: &Rc<Link>,
+        username: Option<&str>,
+    ) -> bool {
         let now = self.kernel.now_ms();
         let mut state = self.state.borrow_mut();
         let Some(entry) = state.sessions.get_mut(client) else {
@@ -932,6 +964,7 @@ impl<K: MqttKernel> MqttShard<K> {
         }
         entry.link = Some(link.clone());
         entry.pending_will = None;
+        entry.username = username.map(Rc::from);
         let session = &mut entry.session;
         link.with_out(|out| session.resend(out, now));
         true

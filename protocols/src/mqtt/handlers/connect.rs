@@ -207,7 +207,12 @@ pub async fn handle<K: MqttKernel>(
             &properties,
         )
     });
-    engine.attach(&client, connected.generation, &link);
+    engine.attach(
+        &client,
+        connected.generation,
+        &link,
+        connect.username.as_deref(),
+    );
     Ok(Connection {
         engine: engine.clone(),
         publisher: Arc::from(client_id.as_str()),

@@ -1,6 +1,7 @@
 //! Settings of the MQTT layer an operator may change: the `mqtt.*` keys of the node's config
 //! file. Read-only once the shard starts (each shard holds its own copy).
 
+use super::bridge::BridgeRules;
 use super::constants::DEFAULT_MAX_KEEP_ALIVE_S;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,12 +12,16 @@ pub struct MqttConfig {
     /// instead). 65,535 caps nothing and allows keep-alive 0. Either way a connection silent
     /// for 1.5 x its granted keep-alive is closed.
     pub max_keep_alive_s: u16,
+    /// `[[bridge.mqtt_to_kafka]]` rules: publishes they match are appended to Kafka topics,
+    /// and records Kafka clients produce there are routed to MQTT subscribers (see `bridge`).
+    pub bridge: BridgeRules,
 }
 
 impl Default for MqttConfig {
     fn default() -> MqttConfig {
         MqttConfig {
             max_keep_alive_s: DEFAULT_MAX_KEEP_ALIVE_S,
+            bridge: BridgeRules::default(),
         }
     }
 }
@@ -46,6 +51,7 @@ mod tests {
         assert_eq!(uncapped.granted_keep_alive_s(65_535), 65_535);
         let capped = MqttConfig {
             max_keep_alive_s: 5,
+            ..MqttConfig::default()
         };
         assert_eq!(capped.granted_keep_alive_s(600), 5);
         assert_eq!(capped.granted_keep_alive_s(0), 5);

@@ -4,6 +4,7 @@
 //! across shards. The runtime plugs in through `MqttKernel`; see `engine` for the cross-shard
 //! design.
 
+pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod connection;

@@ -2,9 +2,16 @@
 //! every matching subscriber on every shard (retained: store first), then acknowledge —
 //! QoS 1 with PUBACK, QoS 2 with PUBREC after recording the packet id, so a retransmission
 //! is acknowledged again but not delivered twice. v5 acks say 0x10 when nobody subscribes.
+//!
+//! A publish a bridge rule matches is appended to its Kafka topic first (see `bridge`), and
+//! only then routed and acknowledged: QoS 1/2 once the record is durable (acks=-1). If the
+//! append fails the message is not routed; a v5 client gets PUBACK/PUBREC 0x97 (quota
+//! exceeded: the record is too large or the log is backlogged) or 0x80 (anything else), a
+//! 3.1/3.1.1 client, which has no negative acknowledgement, is disconnected. QoS 0 is dropped.
 
 use std::sync::Arc;
 
+use crate::kernel::KernelError;
 use crate::mqtt::codec::{self, reason, Publish};
 use crate::mqtt::connection::{Connection, End};
 use crate::mqtt::constants::{SERVER_RECEIVE_MAXIMUM, SERVER_TOPIC_ALIAS_MAXIMUM};
@@ -16,6 +23,111 @@ pub async fn handle<K: MqttKernel>(
     connection: &Connection<K>,
     publish: Publish,
 ) -> Result<(), End> {
+    handle_run(connection, vec![publish]).await
+}
+
+/// What to do with one PUBLISH of a run once the bridged appends are done.
+enum Step {
+    /// Route (unless `stored` failed) and acknowledge.
+    Route {
+        message: Arc<Message>,
+        pkid: u16,
+        /// Index of its Kafka append in the run's appends (bridged publishes only).
+        append: Option<usize>,
+    },
+    /// A QoS 2 retransmission: acknowledge again, route nothing.
+    AckOnly { pkid: u16 },
+}
+
+/// Handles consecutive PUBLISH packets of one connection in order. The bridged ones among them
+/// are appended to Kafka with one kernel call (one durable write covers them all), then every
+/// publish is routed and acknowledged in the order received. A protocol error ends the run:
+/// the publishes before it still take effect, then the connection closes.
+pub async fn handle_run<K: MqttKernel>(
+    connection: &Connection<K>,
+    publishes: Vec<Publish>,
+) -> Result<(), End> {
+    let engine = &connection.engine;
+    let mut steps = Vec::with_capacity(publishes.len());
+    let mut appends = Vec::new();
+    let mut durable = false;
+    let mut ended = None;
+    for publish in publishes {
+        match prepare(connection, publish) {
+            Ok(Some(step)) => steps.push(step),
+            Ok(None) => {}
+            Err(end) => {
+                ended = Some(end);
+                break;
+            }
+        }
+        let Some(Step::Route {
+            message, append, ..
+        }) = steps.last_mut()
+        else {
+            continue;
+        };
+        match engine.bridge_record(message) {
+            None => {}
+            Some(Ok(input)) => {
+                durable |= message.qos > 0;
+                *append = Some(appends.len());
+                appends.push(Ok(input));
+            }
+            Some(Err(e)) => {
+                *append = Some(appends.len());
+                appends.push(Err(e));
+            }
+        }
+    }
+    let results = engine.append_to_kafka(appends, durable).await;
+    for step in steps {
+        let (message, pkid, append) = match step {
+            Step::AckOnly { pkid } => {
+                connection.link.write(|out| {
+                    codec::encode_ack(out, connection.level, codec::PUBREC, pkid, reason::SUCCESS)
+                });
+                continue;
+            }
+            Step::Route {
+                message,
+                pkid,
+                append,
+            } => (message, pkid, append),
+        };
+        if let Some(Err(e)) = append.and_then(|index| results.get(index)) {
+            refuse(connection, &message, pkid, e)?;
+            continue;
+        }
+        let qos = message.qos;
+        let matched = engine
+            .publish(message)
+            .await
+            .map_err(|_| End::ServerClose)?;
+        let code = if matched {
+            reason::SUCCESS
+        } else {
+            reason::NO_MATCHING_SUBSCRIBERS
+        };
+        let level = connection.level;
+        match qos {
+            1 => connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
+            2 => connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
+            _ => {}
+        }
+    }
+    ended.map_or(Ok(()), Err)
+}
+
+/// Checks one PUBLISH and makes its message; `None` when the session is gone.
+fn prepare<K: MqttKernel>(
+    connection: &Connection<K>,
+    publish: Publish,
+) -> Result<Option<Step>, End> {
     let topic = resolve_topic(connection, &publish)?;
     if !valid_topic_name(&topic) {
         return Err(End::protocol(
@@ -24,7 +136,6 @@ pub async fn handle<K: MqttKernel>(
         ));
     }
     let engine = &connection.engine;
-    let level = connection.level;
     let pkid = publish.pkid;
     if publish.qos == 2 {
         let fresh = engine.with_session(&connection.client_id, connection.generation, |s, _| {
@@ -34,19 +145,14 @@ pub async fn handle<K: MqttKernel>(
             Ok(s.inbound_qos2_received(pkid))
         });
         match fresh {
-            None => return Ok(()),
+            None => return Ok(None),
             Some(Err(())) => {
                 return Err(End::protocol(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "more QoS 2 messages awaiting PUBREL than our Receive Maximum",
                 ))
             }
-            Some(Ok(false)) => {
-                connection.link.write(|out| {
-                    codec::encode_ack(out, level, codec::PUBREC, pkid, reason::SUCCESS)
-                });
-                return Ok(());
-            }
+            Some(Ok(false)) => return Ok(Some(Step::AckOnly { pkid })),
             Some(Ok(true)) => {}
         }
     }
@@ -64,24 +170,51 @@ pub async fn handle<K: MqttKernel>(
         properties: publish.properties,
         publisher: Some(connection.publisher.clone()),
     });
-    let matched = engine
-        .publish(message)
-        .await
-        .map_err(|_| End::ServerClose)?;
-    let code = if matched {
-        reason::SUCCESS
-    } else {
-        reason::NO_MATCHING_SUBSCRIBERS
-    };
-    match publish.qos {
-        1 => connection
-            .link
-            .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
-        2 => connection
-            .link
-            .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
-        _ => {}
+    Ok(Some(Step::Route {
+        message,
+        pkid,
+        append: None,
+    }))
+}
+
+/// A bridged publish whose Kafka append failed: not routed; v5 gets a negative PUBACK/PUBREC,
+/// 3.1/3.1.1 (no negative ack) is disconnected, QoS 0 is dropped.
+fn refuse<K: MqttKernel>(
+    connection: &Connection<K>,
+    message: &Message,
+    pkid: u16,
+    error: &KernelError,
+) -> Result<(), End> {
+    if message.qos == 0 {
+        return Ok(());
     }
+    let level = connection.level;
+    if !level.is_v5() {
+        return Err(End::protocol(
+            reason::UNSPECIFIED_ERROR,
+            format!("bridged publish to {} not stored: {error}", message.topic),
+        ));
+    }
+    let code = match error {
+        KernelError::MessageTooLarge { .. } | KernelError::RequestTimedOut => {
+            reason::QUOTA_EXCEEDED
+        }
+        _ => reason::UNSPECIFIED_ERROR,
+    };
+    let packet_type = if message.qos == 1 {
+        codec::PUBACK
+    } else {
+        // A failed PUBREC ends the QoS 2 flow: the packet id is free again.
+        connection
+            .engine
+            .with_session(&connection.client_id, connection.generation, |s, _| {
+                s.inbound_qos2_released(pkid)
+            });
+        codec::PUBREC
+    };
+    connection
+        .link
+        .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
     Ok(())
 }
 

@@ -198,3 +198,23 @@ def test_restart_keeps_the_appended_records(broker_factory):
     wait_until(lambda: sub.messages, 20, msg="record produced after the restart")
     assert [m.payload for m in sub.messages] == [b"after"]
     sub.disconnect()
+
+
+def test_a_will_on_a_bridged_topic_is_appended_and_routed_once(broker_factory):
+    b = broker_factory(cores=2, config=bridge_config(1))
+    sub = Client(b.mqtt_port, protocol=V5)
+    sub.subscribe("sensors/#", qos=1)
+    dying = Client(b.mqtt_port, protocol=V311,
+                   will={"topic": "sensors/will", "payload": b"gone", "qos": 1})
+    dying.kill()
+    wait_until(lambda: high_watermarks(b.bootstrap, TOPIC, 1) == [1], 20, msg="will in Kafka")
+    records, _ = consume_all(b.bootstrap, TOPIC, 1)
+    [(_, key, value, headers)] = records[0]
+    assert (key, value, dict(headers)["mqtt.qos"]) == (b"sensors/will", b"gone", b"1")
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all"})
+    p.produce(TOPIC, key=b"sensors/end", value=b"end")
+    assert p.flush(30) == 0
+    wait_until(lambda: len(sub.messages) >= 2, 20, msg="will and end marker")
+    assert [(m.topic, m.payload) for m in sub.messages] == \
+        [("sensors/will", b"gone"), ("sensors/end", b"end")]
+    sub.disconnect()

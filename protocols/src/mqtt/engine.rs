@@ -1170,6 +1170,15 @@ impl<K: MqttKernel> MqttShard<K> {
         });
         let shard = self.clone();
         self.kernel.spawn(Box::pin(async move {
+            // A will a bridge rule matches is stored in Kafka first, like any publish; if that
+            // fails it is not routed either (the failure is logged by `append_to_kafka`).
+            if let Some(record) = shard.bridge_record(&message) {
+                let durable = message.qos > 0;
+                let appended = shard.append_to_kafka(vec![record], durable).await;
+                if appended.iter().any(Result::is_err) {
+                    return;
+                }
+            }
             if shard.publish(message).await.is_err() {
                 debug!("will not published: shutting down");
             }

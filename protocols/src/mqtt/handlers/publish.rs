@@ -55,7 +55,8 @@ pub async fn handle_run<K: MqttKernel>(
     for publish in publishes {
         match prepare(connection, publish) {
             Ok(Some(step)) => steps.push(step),
-            Ok(None) => {}
+            // The session is gone (taken over): nothing to route or acknowledge.
+            Ok(None) => continue,
             Err(end) => {
                 ended = Some(end);
                 break;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rmq_protocols::mqtt::acl::{Acl, AclRuleSpec};
 use rmq_protocols::mqtt::auth::PasswordFile;
+use rmq_protocols::mqtt::bridge::{BridgeRule, BridgeRules};
 use rmq_protocols::mqtt::MqttConfig;
 use serde::Deserialize;
 
@@ -54,8 +55,10 @@ pub struct Cli {
     #[arg(long)]
     pub node_id: Option<i32>,
     /// TOML file with the same keys as these flags (snake_case) plus broker settings such as
-    /// auto_create_topics_enable, num_partitions, socket_request_max_bytes, and an [mqtt]
-    /// table (max_keep_alive_s, allow_anonymous, password_file, [[mqtt.acl]] rules).
+    /// auto_create_topics_enable, num_partitions, socket_request_max_bytes, an [mqtt] table
+    /// (max_keep_alive_s, allow_anonymous, password_file, [[mqtt.acl]] rules), and MQTT <->
+    /// Kafka bridge rules: [[bridge.mqtt_to_kafka]] with filter = "sensors/#",
+    /// topic = "sensors", partitions = N (see README).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter for stderr, e.g. info, debug, rmq_storage=debug. Default: info
@@ -86,6 +89,28 @@ pub struct FileConfig {
     pub log_cleaner_interval_ms: Option<u64>,
     /// The `[mqtt]` table (`mqtt.max_keep_alive_s = 60`).
     pub mqtt: Option<MqttFileConfig>,
+    /// The `[bridge]` table: `[[bridge.mqtt_to_kafka]]` rules.
+    pub bridge: Option<BridgeFileConfig>,
+}
+
+/// The `bridge.*` keys of the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeFileConfig {
+    #[serde(default)]
+    pub mqtt_to_kafka: Vec<BridgeRuleFileConfig>,
+}
+
+/// One `[[bridge.mqtt_to_kafka]]` rule: MQTT publishes matching `filter` are appended to Kafka
+/// topic `topic` (created with `partitions` if missing), and records Kafka clients produce
+/// there are routed to MQTT subscribers.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeRuleFileConfig {
+    pub filter: String,
+    pub topic: String,
+    /// Default: the node's core count.
+    pub partitions: Option<i32>,
 }
 
 /// The `mqtt.*` keys of the TOML file (see `rmq_protocols::mqtt::MqttConfig`).
@@ -219,7 +244,8 @@ impl NodeConfig {
         if offsets_topic_num_partitions < 1 {
             bail!("offsets_topic_num_partitions must be at least 1");
         }
-        let mqtt = mqtt_config(file.mqtt.unwrap_or_default())?;
+        let mut mqtt = mqtt_config(file.mqtt.unwrap_or_default())?;
+        mqtt.bridge = bridge_rules(file.bridge.unwrap_or_default(), cores)?;
         Ok(NodeConfig {
             cores,
             data_dir: cli
@@ -281,6 +307,25 @@ fn mqtt_config(file: MqttFileConfig) -> anyhow::Result<MqttConfig> {
     Ok(config)
 }
 
+/// The bridge rules of the file; `default_partitions` for rules without `partitions`.
+fn bridge_rules(file: BridgeFileConfig, default_partitions: usize) -> anyhow::Result<BridgeRules> {
+    let default_partitions = i32::try_from(default_partitions).unwrap_or(i32::MAX);
+    let rules = file
+        .mqtt_to_kafka
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            BridgeRule::new(
+                &rule.filter,
+                &rule.topic,
+                rule.partitions.unwrap_or(default_partitions),
+            )
+            .map_err(|e| anyhow::anyhow!("[[bridge.mqtt_to_kafka]] rule {}: {e}", index + 1))
+        })
+        .collect::<anyhow::Result<Vec<BridgeRule>>>()?;
+    BridgeRules::new(rules).map_err(|e| anyhow::anyhow!("[[bridge.mqtt_to_kafka]]: {e}"))
+}
+
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("cannot resolve {addr}"))?
@@ -327,6 +372,56 @@ mod tests {
     fn unknown_config_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
         assert!(toml::from_str::<FileConfig>("mqtt.no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn bridge_rules_are_parsed_and_checked() {
+        let text = "[[bridge.mqtt_to_kafka]]\nfilter = \"sensors/#\"\ntopic = \"sensors\"\n\n\
+                    [[bridge.mqtt_to_kafka]]\nfilter = \"plant/+/alarm\"\ntopic = \"alarms\"\n\
+                    partitions = 8\n";
+        let file = toml::from_str::<FileConfig>(text).expect("valid config");
+        let rules = bridge_rules(file.bridge.unwrap_or_default(), 3).expect("valid rules");
+        let rules = rules.rules();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            (
+                rules[0].filter.as_str(),
+                rules[0].topic.as_str(),
+                rules[0].partitions
+            ),
+            ("sensors/#", "sensors", 3)
+        );
+        assert_eq!(
+            (
+                rules[1].filter.as_str(),
+                rules[1].topic.as_str(),
+                rules[1].partitions
+            ),
+            ("plant/+/alarm", "alarms", 8)
+        );
+        for (bad, why) in [
+            (
+                "filter = \"a/#/b\"\ntopic = \"t\"",
+                "not a valid MQTT topic filter",
+            ),
+            (
+                "filter = \"a/#\"\ntopic = \"a/b\"",
+                "not a valid Kafka topic name",
+            ),
+            (
+                "filter = \"a/#\"\ntopic = \"t\"\npartitions = 0",
+                "partitions 0",
+            ),
+        ] {
+            let text = format!("[[bridge.mqtt_to_kafka]]\n{bad}\n");
+            let file = toml::from_str::<FileConfig>(&text).expect("toml parses");
+            let error = bridge_rules(file.bridge.unwrap_or_default(), 1).expect_err(bad);
+            assert!(format!("{error:#}").contains(why), "{error:#}");
+        }
+        let unknown = "[[bridge.mqtt_to_kafka]]\nfilter = \"a\"\ntopic = \"t\"\nqos = 1\n";
+        assert!(toml::from_str::<FileConfig>(unknown).is_err());
+        let missing = "[[bridge.mqtt_to_kafka]]\nfilter = \"a\"\n";
+        assert!(toml::from_str::<FileConfig>(missing).is_err());
     }
 
     #[test]

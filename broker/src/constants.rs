@@ -101,3 +101,17 @@ pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9644";
 /// How often each shard refreshes its gauges (partitions, groups, storage counters) for
 /// `/metrics`; a scrape every 10-15 s sees values at most this old.
 pub const METRICS_REFRESH_INTERVAL_MS: u64 = 1_000;
+
+/// How long an MQTT publish a bridge rule matched waits for its Kafka append (the produce
+/// timeout of acks=-1) before the publisher is told it failed.
+pub const BRIDGE_APPEND_TIMEOUT_MS: u32 = 30_000;
+
+/// Most bytes one read of a bridged partition returns to its Kafka -> MQTT tailer (a batch
+/// larger than this is still returned whole, as Kafka's Fetch does).
+pub const BRIDGE_READ_MAX_BYTES: usize = 1024 * 1024;
+
+/// How long a bridge tailer waits for new records before it checks for shutdown again.
+pub const BRIDGE_WAIT_TIMEOUT_MS: u32 = 1_000;
+
+/// Pause of a bridge tailer after a failed read, so a broken partition does not spin.
+pub const BRIDGE_ERROR_BACKOFF_MS: u64 = 1_000;

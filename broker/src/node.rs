@@ -289,7 +289,10 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     // broadcast that creating the topic waits for.
     if id.0 == 0 {
         ensure_offsets_topic(&shard).await?;
+        mqtt::bridge::ensure_topics(&shard).await?;
     }
+    // Before the ready line: a record produced after it is routed to MQTT subscribers.
+    mqtt::bridge::start_tailers(&shard).await?;
     let bound = listener
         .local_addr()
         .map_err(|e| anyhow::anyhow!("listener address: {e}"))?;

@@ -7,6 +7,7 @@
 //! thread (one executor per thread), created on first use — by the listener at startup or by
 //! an early mesh op from a shard that started serving first.
 
+pub mod bridge;
 pub mod listener;
 pub mod websocket;
 
@@ -16,8 +17,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use rmq_protocols::kernel::{Acks, Kernel, KernelError, ProduceInput, TopicPartition};
 use rmq_protocols::mqtt::{MeshClosed, MqttKernel, MqttShard, ShardMessage};
 
+use crate::constants::BRIDGE_APPEND_TIMEOUT_MS;
+use crate::kernel::ShardKernel;
 use crate::shard::{now_ms, Shard, ShardId, ShardOp};
 
 /// An MQTT op from another shard.
@@ -68,6 +73,31 @@ impl MqttKernel for BrokerMqttKernel {
         work: impl FnOnce() -> R + Send + 'static,
     ) -> impl Future<Output = R> {
         glommio::executor().spawn_blocking(work)
+    }
+
+    fn partition_count(&self, topic: &str) -> Option<i32> {
+        let metadata = self.shard.metadata();
+        let topic = metadata.topics.get(topic)?;
+        i32::try_from(topic.partition_shards.len()).ok()
+    }
+
+    async fn append(
+        &self,
+        inputs: Vec<(TopicPartition, Bytes)>,
+        durable: bool,
+    ) -> Vec<Result<(), KernelError>> {
+        let acks = if durable { Acks::All } else { Acks::Leader };
+        let inputs = inputs
+            .into_iter()
+            .map(|(partition, records)| ProduceInput { partition, records })
+            .collect();
+        let kernel = ShardKernel::new(self.shard.clone());
+        kernel
+            .produce(acks, BRIDGE_APPEND_TIMEOUT_MS, inputs)
+            .await
+            .into_iter()
+            .map(|result| result.map(|_| ()))
+            .collect()
     }
 }
 

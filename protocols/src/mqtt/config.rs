@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::acl::Acl;
 use super::auth::PasswordFile;
+use super::bridge::BridgeRules;
 use super::constants::DEFAULT_MAX_KEEP_ALIVE_S;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub struct MqttConfig {
     pub password_file: Option<Arc<PasswordFile>>,
     /// The `[[mqtt.acl]]` rules (see `acl`); empty allows everything.
     pub acl: Arc<Acl>,
+    /// `[[bridge.mqtt_to_kafka]]` rules: publishes they match are appended to Kafka topics,
+    /// and records Kafka clients produce there are routed to MQTT subscribers (see `bridge`).
+    pub bridge: BridgeRules,
 }
 
 impl Default for MqttConfig {
@@ -31,6 +35,7 @@ impl Default for MqttConfig {
             allow_anonymous: true,
             password_file: None,
             acl: Arc::new(Acl::default()),
+            bridge: BridgeRules::default(),
         }
     }
 }

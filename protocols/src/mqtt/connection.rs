@@ -18,9 +18,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::acl::Actor;
-use super::codec::{self, Connect, DecodeError, ProtocolLevel, Will};
+use super::codec::{self, Connect, DecodeError, Packet, ProtocolLevel, Publish, Will};
 use super::constants::{
-    CONNECT_TIMEOUT_MS, MAX_PACKET_SIZE_BYTES, READ_CHUNK_BYTES, READ_IDLE_BYTES,
+    CONNECT_TIMEOUT_MS, MAX_PACKET_SIZE_BYTES, PUBLISH_RUN_MAX, READ_CHUNK_BYTES, READ_IDLE_BYTES,
 };
 use super::engine::{Link, MqttShard};
 use super::handlers;
@@ -257,16 +257,45 @@ async fn read_packets<K: MqttKernel, R: AsyncRead + Unpin>(
     let keep_alive = (connection.keep_alive_s > 0)
         .then(|| Duration::from_millis(u64::from(connection.keep_alive_s) * 1_500));
     let mut size = ReadSize::new();
+    // With bridge rules, consecutive PUBLISH packets already read are handled as one run, so
+    // one durable Kafka append covers them (bounded by `PUBLISH_RUN_MAX`).
+    let batch_publishes = !connection.engine.config.bridge.is_empty();
+    let mut run = Vec::new();
     loop {
         loop {
             let packet = match codec::decode(buffer, connection.level, MAX_PACKET_SIZE_BYTES) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
-                Err(e) => return fail(connection, End::protocol(e.reason_code(), e.to_string())),
+                Err(e) => {
+                    let end = End::protocol(e.reason_code(), e.to_string());
+                    if let Err(end) = flush_run(connection, &mut run).await {
+                        return fail(connection, end);
+                    }
+                    return fail(connection, end);
+                }
             };
+            let packet = match packet {
+                Packet::Publish(publish) if batch_publishes => {
+                    run.push(publish);
+                    if run.len() < PUBLISH_RUN_MAX {
+                        continue;
+                    }
+                    if let Err(end) = flush_run(connection, &mut run).await {
+                        return fail(connection, end);
+                    }
+                    continue;
+                }
+                other => other,
+            };
+            if let Err(end) = flush_run(connection, &mut run).await {
+                return fail(connection, end);
+            }
             if let Err(end) = handlers::dispatch(connection, packet).await {
                 return fail(connection, end);
             }
+        }
+        if let Err(end) = flush_run(connection, &mut run).await {
+            return fail(connection, end);
         }
         if connection.link.is_closing() {
             return End::ServerClose;
@@ -301,6 +330,17 @@ async fn read_packets<K: MqttKernel, R: AsyncRead + Unpin>(
             Err(e) => return End::Closed(e.to_string()),
         }
     }
+}
+
+/// Handles the PUBLISH packets collected so far (if any) as one run.
+async fn flush_run<K: MqttKernel>(
+    connection: &Connection<K>,
+    run: &mut Vec<Publish>,
+) -> Result<(), End> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    handlers::publish::handle_run(connection, std::mem::take(run)).await
 }
 
 /// Ends the connection for `end`: a protocol error sends the v5 DISCONNECT first.

@@ -94,3 +94,8 @@ pub const SYS_INTERVAL_MS: u64 = 10_000;
 const _: () = assert!(MAX_INFLIGHT_PER_SESSION <= u16::MAX as usize);
 const _: () = assert!(MAX_PACKET_SIZE_BYTES <= 268_435_455);
 const _: () = assert!(OUTBOX_MAX_BYTES >= MAX_PACKET_SIZE_BYTES);
+
+/// Most PUBLISH packets of one connection handled as one run when bridge rules exist (their
+/// Kafka appends share one durable write); the packets come from bytes already read, so a run
+/// is also bounded by the read buffer.
+pub const PUBLISH_RUN_MAX: usize = 256;

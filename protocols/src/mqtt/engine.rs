@@ -43,11 +43,12 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
 
 use super::acl::{Action, Actor};
 use super::auth::VerifiedCache;
+use super::bridge::{self, BridgeRule};
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
@@ -61,6 +62,7 @@ use super::session::{DeliverOutcome, LinkOut, Outgoing, Session, Subscription};
 use super::shared::{self, FilterKind, SharedGroup};
 use super::topic_alias::TopicAliases;
 use super::trie::SubscriptionTrie;
+use crate::kernel::{KernelError, TopicPartition};
 
 /// What an interest change is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -283,6 +285,8 @@ pub struct Stats {
     pub messages_sent: Cell<u64>,
     pub bytes_received: Cell<u64>,
     pub bytes_sent: Cell<u64>,
+    /// MQTT publishes a bridge rule matched that could not be appended to Kafka.
+    pub bridge_append_failures: Cell<u64>,
 }
 
 /// The counters of one shard, or their sum over the node.
@@ -619,6 +623,82 @@ impl<K: MqttKernel> MqttShard<K> {
             .sessions
             .get(client)
             .is_some_and(|e| e.session.subscriptions.contains_key(filter))
+    }
+
+    // ------------------------------------------------------------ bridge
+
+    /// The Kafka record for `message` if a bridge rule matches its topic: the rule's topic,
+    /// the partition of the MQTT topic (key hash) and the encoded batch.
+    pub fn bridge_record(
+        &self,
+        message: &Message,
+    ) -> Option<Result<(TopicPartition, Bytes), KernelError>> {
+        let rule = self.config.bridge.for_mqtt_topic(&message.topic)?;
+        Some(self.encode_for(rule, message))
+    }
+
+    fn encode_for(
+        &self,
+        rule: &BridgeRule,
+        message: &Message,
+    ) -> Result<(TopicPartition, Bytes), KernelError> {
+        let partition_count = self
+            .kernel
+            .partition_count(&rule.topic)
+            .ok_or(KernelError::UnknownTopicOrPartition)?;
+        let now_ms = i64::try_from(self.kernel.now_ms()).unwrap_or(i64::MAX);
+        let records =
+            bridge::encode_message(message, now_ms).map_err(KernelError::CorruptMessage)?;
+        let partition = TopicPartition {
+            topic: rule.topic.clone(),
+            partition: bridge::partition_for_key(&message.topic, partition_count),
+        };
+        Ok((partition, records))
+    }
+
+    /// Appends bridged records (from `bridge_record`, in publish order) with one kernel call:
+    /// `durable` (some publish has QoS 1 or 2) waits as acks=-1 does, otherwise for the leader
+    /// write (acks=1, which keeps order). Answers one result per input, in order. Failures are
+    /// counted and logged at the 1st, 2nd, 4th, 8th... so a full disk does not flood the log.
+    pub async fn append_to_kafka(
+        &self,
+        inputs: Vec<Result<(TopicPartition, Bytes), KernelError>>,
+        durable: bool,
+    ) -> Vec<Result<(), KernelError>> {
+        if inputs.is_empty() {
+            return Vec::new();
+        }
+        let mut results: Vec<Result<(), KernelError>> = Vec::with_capacity(inputs.len());
+        let mut appends = Vec::with_capacity(inputs.len());
+        let mut slots = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.into_iter().enumerate() {
+            match input {
+                Ok(append) => {
+                    slots.push(index);
+                    appends.push(append);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if !appends.is_empty() {
+            let appended = self.kernel.append(appends, durable).await;
+            for (slot, result) in slots.iter().zip(
+                appended
+                    .into_iter()
+                    .chain(std::iter::repeat(Err(KernelError::ShuttingDown))),
+            ) {
+                results[*slot] = result;
+            }
+        }
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            let failures = self.stats.bridge_append_failures.get().wrapping_add(1);
+            self.stats.bridge_append_failures.set(failures);
+            if failures.is_power_of_two() {
+                warn!(failures, error = %error, "bridge: cannot append an MQTT publish to Kafka");
+            }
+        }
+        results
     }
 
     // ------------------------------------------------------------ routing
@@ -1131,6 +1211,15 @@ impl<K: MqttKernel> MqttShard<K> {
         });
         let shard = self.clone();
         self.kernel.spawn(Box::pin(async move {
+            // A will a bridge rule matches is stored in Kafka first, like any publish; if that
+            // fails it is not routed either (the failure is logged by `append_to_kafka`).
+            if let Some(record) = shard.bridge_record(&message) {
+                let durable = message.qos > 0;
+                let appended = shard.append_to_kafka(vec![record], durable).await;
+                if appended.iter().any(Result::is_err) {
+                    return;
+                }
+            }
             if shard.publish(message).await.is_err() {
                 debug!("will not published: shutting down");
             }

@@ -10,7 +10,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::engine::ShardMessage;
+use crate::kernel::{KernelError, TopicPartition};
 
 /// The other shard's queue is gone (the node is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,4 +40,14 @@ pub trait MqttKernel: 'static {
         let result = work();
         async move { result }
     }
+    /// Partitions of Kafka topic `topic`, `None` if it does not exist (bridge rules).
+    fn partition_count(&self, topic: &str) -> Option<i32>;
+    /// Appends record batches to Kafka partitions (bridge rules), each input in order, with
+    /// one result per input. `durable`: resolves once they are as durable as a Kafka produce
+    /// with acks=-1 makes them; otherwise once the partitions' leaders wrote them (acks=1).
+    fn append(
+        &self,
+        inputs: Vec<(TopicPartition, Bytes)>,
+        durable: bool,
+    ) -> impl Future<Output = Vec<Result<(), KernelError>>>;
 }

@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod connection;

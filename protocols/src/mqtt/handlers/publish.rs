@@ -2,11 +2,20 @@
 //! every matching subscriber on every shard (retained: store first), then acknowledge —
 //! QoS 1 with PUBACK, QoS 2 with PUBREC after recording the packet id, so a retransmission
 //! is acknowledged again but not delivered twice. v5 acks say 0x10 when nobody subscribes.
+//!
+//! A publish a bridge rule matches is appended to its Kafka topic first (see `bridge`), and
+//! only then routed and acknowledged: QoS 1/2 once the record is durable (acks=-1). If the
+//! append fails the message is not routed; a v5 client gets PUBACK/PUBREC 0x97 (quota
+//! exceeded: the record is too large or the log is backlogged) or 0x80 (anything else), a
+//! 3.1/3.1.1 client, which has no negative acknowledgement, is disconnected. QoS 0 is dropped.
+//!
 //! A publish the ACL denies is dropped: v5 QoS 1/2 are answered 0x87 (Not authorized),
-//! 3.1/3.1.1 are acknowledged as usual (as Mosquitto does), QoS 0 silently.
+//! 3.1/3.1.1 are acknowledged as usual (as Mosquitto does), QoS 0 silently. Acks keep the
+//! order the publishes came in.
 
 use std::sync::Arc;
 
+use crate::kernel::KernelError;
 use crate::mqtt::acl::Action;
 use crate::mqtt::codec::{self, reason, Publish};
 use crate::mqtt::connection::{Connection, End};
@@ -19,6 +28,132 @@ pub async fn handle<K: MqttKernel>(
     connection: &Connection<K>,
     publish: Publish,
 ) -> Result<(), End> {
+    handle_run(connection, vec![publish]).await
+}
+
+/// What to do with one PUBLISH of a run once the bridged appends are done.
+enum Step {
+    /// Route (unless `stored` failed) and acknowledge.
+    Route {
+        message: Arc<Message>,
+        pkid: u16,
+        /// Index of its Kafka append in the run's appends (bridged publishes only).
+        append: Option<usize>,
+    },
+    /// A QoS 2 retransmission: acknowledge again, route nothing.
+    AckOnly { pkid: u16 },
+    /// The ACL denies the topic: acknowledge (v5: 0x87), route nothing.
+    Denied { qos: u8, pkid: u16 },
+}
+
+/// Handles consecutive PUBLISH packets of one connection in order. The bridged ones among them
+/// are appended to Kafka with one kernel call (one durable write covers them all), then every
+/// publish is routed and acknowledged in the order received. A protocol error ends the run:
+/// the publishes before it still take effect, then the connection closes.
+pub async fn handle_run<K: MqttKernel>(
+    connection: &Connection<K>,
+    publishes: Vec<Publish>,
+) -> Result<(), End> {
+    let engine = &connection.engine;
+    let mut steps = Vec::with_capacity(publishes.len());
+    let mut appends = Vec::new();
+    let mut durable = false;
+    let mut ended = None;
+    for publish in publishes {
+        match prepare(connection, publish) {
+            Ok(Some(step)) => steps.push(step),
+            // The session is gone (taken over): nothing to route or acknowledge.
+            Ok(None) => continue,
+            Err(end) => {
+                ended = Some(end);
+                break;
+            }
+        }
+        let Some(Step::Route {
+            message, append, ..
+        }) = steps.last_mut()
+        else {
+            continue;
+        };
+        match engine.bridge_record(message) {
+            None => {}
+            Some(Ok(input)) => {
+                durable |= message.qos > 0;
+                *append = Some(appends.len());
+                appends.push(Ok(input));
+            }
+            Some(Err(e)) => {
+                *append = Some(appends.len());
+                appends.push(Err(e));
+            }
+        }
+    }
+    let results = engine.append_to_kafka(appends, durable).await;
+    for step in steps {
+        let (message, pkid, append) = match step {
+            Step::AckOnly { pkid } => {
+                connection.link.write(|out| {
+                    codec::encode_ack(out, connection.level, codec::PUBREC, pkid, reason::SUCCESS)
+                });
+                continue;
+            }
+            Step::Denied { qos, pkid } => {
+                let level = connection.level;
+                // 3.1/3.1.1 have no way to say no: acknowledge, deliver nothing.
+                let code = if level.is_v5() {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::SUCCESS
+                };
+                let packet_type = match qos {
+                    1 => codec::PUBACK,
+                    2 => codec::PUBREC,
+                    _ => continue,
+                };
+                connection
+                    .link
+                    .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
+                continue;
+            }
+            Step::Route {
+                message,
+                pkid,
+                append,
+            } => (message, pkid, append),
+        };
+        if let Some(Err(e)) = append.and_then(|index| results.get(index)) {
+            refuse(connection, &message, pkid, e)?;
+            continue;
+        }
+        let qos = message.qos;
+        let matched = engine
+            .publish(message)
+            .await
+            .map_err(|_| End::ServerClose)?;
+        let code = if matched {
+            reason::SUCCESS
+        } else {
+            reason::NO_MATCHING_SUBSCRIBERS
+        };
+        let level = connection.level;
+        match qos {
+            1 => connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
+            2 => connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
+            _ => {}
+        }
+    }
+    ended.map_or(Ok(()), Err)
+}
+
+/// Checks one PUBLISH and makes its message; `None` when the session is gone.
+fn prepare<K: MqttKernel>(
+    connection: &Connection<K>,
+    publish: Publish,
+) -> Result<Option<Step>, End> {
     let topic = resolve_topic(connection, &publish)?;
     if !valid_topic_name(&topic) {
         return Err(End::protocol(
@@ -27,20 +162,16 @@ pub async fn handle<K: MqttKernel>(
         ));
     }
     let engine = &connection.engine;
-    let level = connection.level;
     let pkid = publish.pkid;
     let acl = &engine.config.acl;
     let allowed = acl.is_empty() || acl.allows(connection.actor(), Action::Publish, &topic);
-    if !allowed && level.is_v5() {
-        let packet_type = match publish.qos {
-            1 => codec::PUBACK,
-            2 => codec::PUBREC,
-            _ => return Ok(()),
-        };
-        connection
-            .link
-            .write(|out| codec::encode_ack(out, level, packet_type, pkid, reason::NOT_AUTHORIZED));
-        return Ok(());
+    let denied = Step::Denied {
+        qos: publish.qos,
+        pkid,
+    };
+    if !allowed && connection.level.is_v5() {
+        // A v5 PUBREC >= 0x80 ends the QoS 2 flow: no packet id is recorded.
+        return Ok(Some(denied));
     }
     if publish.qos == 2 {
         let fresh = engine.with_session(&connection.client_id, connection.generation, |s, _| {
@@ -50,34 +181,19 @@ pub async fn handle<K: MqttKernel>(
             Ok(s.inbound_qos2_received(pkid))
         });
         match fresh {
-            None => return Ok(()),
+            None => return Ok(None),
             Some(Err(())) => {
                 return Err(End::protocol(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "more QoS 2 messages awaiting PUBREL than our Receive Maximum",
                 ))
             }
-            Some(Ok(false)) => {
-                connection.link.write(|out| {
-                    codec::encode_ack(out, level, codec::PUBREC, pkid, reason::SUCCESS)
-                });
-                return Ok(());
-            }
+            Some(Ok(false)) => return Ok(Some(Step::AckOnly { pkid })),
             Some(Ok(true)) => {}
         }
     }
     if !allowed {
-        // 3.1/3.1.1 have no way to say no: acknowledge, deliver nothing.
-        match publish.qos {
-            1 => connection
-                .link
-                .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, reason::SUCCESS)),
-            2 => connection
-                .link
-                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, reason::SUCCESS)),
-            _ => {}
-        }
-        return Ok(());
+        return Ok(Some(denied));
     }
     let now = engine.kernel.now_ms();
     let message = Arc::new(Message {
@@ -93,24 +209,51 @@ pub async fn handle<K: MqttKernel>(
         properties: publish.properties,
         publisher: Some(connection.publisher.clone()),
     });
-    let matched = engine
-        .publish(message)
-        .await
-        .map_err(|_| End::ServerClose)?;
-    let code = if matched {
-        reason::SUCCESS
-    } else {
-        reason::NO_MATCHING_SUBSCRIBERS
-    };
-    match publish.qos {
-        1 => connection
-            .link
-            .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
-        2 => connection
-            .link
-            .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
-        _ => {}
+    Ok(Some(Step::Route {
+        message,
+        pkid,
+        append: None,
+    }))
+}
+
+/// A bridged publish whose Kafka append failed: not routed; v5 gets a negative PUBACK/PUBREC,
+/// 3.1/3.1.1 (no negative ack) is disconnected, QoS 0 is dropped.
+fn refuse<K: MqttKernel>(
+    connection: &Connection<K>,
+    message: &Message,
+    pkid: u16,
+    error: &KernelError,
+) -> Result<(), End> {
+    if message.qos == 0 {
+        return Ok(());
     }
+    let level = connection.level;
+    if !level.is_v5() {
+        return Err(End::protocol(
+            reason::UNSPECIFIED_ERROR,
+            format!("bridged publish to {} not stored: {error}", message.topic),
+        ));
+    }
+    let code = match error {
+        KernelError::MessageTooLarge { .. } | KernelError::RequestTimedOut => {
+            reason::QUOTA_EXCEEDED
+        }
+        _ => reason::UNSPECIFIED_ERROR,
+    };
+    let packet_type = if message.qos == 1 {
+        codec::PUBACK
+    } else {
+        // A failed PUBREC ends the QoS 2 flow: the packet id is free again.
+        connection
+            .engine
+            .with_session(&connection.client_id, connection.generation, |s, _| {
+                s.inbound_qos2_released(pkid)
+            });
+        codec::PUBREC
+    };
+    connection
+        .link
+        .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
     Ok(())
 }
 

@@ -225,3 +225,28 @@ def test_pings_keep_a_connection_alive(broker):
         time.sleep(0.5)  # the client's own ping cadence, below the keep-alive
         raw.send(b"\xc0\x00")
         assert raw.read_packet() == (13, 0, b"")
+
+
+@pytest.mark.parametrize("level", [V311, V5])
+def test_configured_queue_limit_keeps_the_oldest_and_drops_the_newest(broker_factory, level):
+    """`mqtt.max_queued_messages = 5`: an offline session keeps the first five QoS 1 messages
+    (in order) and drops the rest, as Mosquitto's max_queued_messages does."""
+    node = broker_factory(config="[mqtt]\nmax_queued_messages = 5\n")
+    topic = "limit/" + unique_id()
+    client_id = unique_id("limit")
+    props = session_expiry(300) if level == V5 else None
+    sub = Client(node.mqtt_port, client_id=client_id, protocol=level, clean=False,
+                 connect_properties=props)
+    sub.subscribe(topic, 1)
+    sub.disconnect()
+    pub = Client(node.mqtt_port)
+    for i in range(8):
+        pub.publish(topic, b"q%d" % i, qos=1)
+    back = Client(node.mqtt_port, client_id=client_id, protocol=level, clean=False,
+                  connect_properties=props)
+    assert back.session_present
+    back.wait_messages(5)
+    # A live message after the queued ones marks the end: nothing else was queued.
+    pub.publish(topic, b"live", qos=1)
+    back.wait_messages(6)
+    assert back.payloads() == [b"q0", b"q1", b"q2", b"q3", b"q4", b"live"]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rmq_protocols::mqtt::acl::{Acl, AclRuleSpec};
 use rmq_protocols::mqtt::auth::PasswordFile;
 use rmq_protocols::mqtt::bridge::{BridgeRule, BridgeRules};
+use rmq_protocols::mqtt::constants::MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT;
 use rmq_protocols::mqtt::MqttConfig;
 use serde::Deserialize;
 
@@ -119,6 +120,8 @@ pub struct BridgeRuleFileConfig {
 pub struct MqttFileConfig {
     /// Longest keep-alive granted to MQTT clients, 1..=65535 s. Default 65535 (no cap).
     pub max_keep_alive_s: Option<u16>,
+    /// QoS 1/2 messages queued per session before the newest is dropped. Default 10000.
+    pub max_queued_messages: Option<usize>,
     /// Whether clients without a username may connect. Default true.
     pub allow_anonymous: Option<bool>,
     /// File of `username:$argon2id$...` lines (`rmq user add` writes it); read at startup.
@@ -284,6 +287,15 @@ fn mqtt_config(file: MqttFileConfig) -> anyhow::Result<MqttConfig> {
         }
         config.max_keep_alive_s = max_keep_alive_s;
     }
+    if let Some(max_queued) = file.max_queued_messages {
+        if !(1..=MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT).contains(&max_queued) {
+            bail!(
+                "mqtt.max_queued_messages must be between 1 and \
+                 {MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT}"
+            );
+        }
+        config.max_queued_messages = max_queued;
+    }
     if let Some(allow_anonymous) = file.allow_anonymous {
         config.allow_anonymous = allow_anonymous;
     }
@@ -443,6 +455,21 @@ mod tests {
             mqtt_config(MqttFileConfig::default()).expect("default"),
             MqttConfig::default()
         );
+    }
+
+    #[test]
+    fn mqtt_queue_limit_is_read_and_bounded() {
+        let file = toml::from_str::<FileConfig>("[mqtt]\nmax_queued_messages = 100000\n")
+            .expect("valid config");
+        let config = mqtt_config(file.mqtt.unwrap_or_default()).expect("valid mqtt config");
+        assert_eq!(config.max_queued_messages, 100_000);
+        for bad in [0, MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT + 1] {
+            let file = MqttFileConfig {
+                max_queued_messages: Some(bad),
+                ..MqttFileConfig::default()
+            };
+            assert!(mqtt_config(file).is_err(), "{bad}");
+        }
     }
 
     #[test]

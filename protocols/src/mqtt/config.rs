@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::acl::Acl;
 use super::auth::PasswordFile;
 use super::bridge::BridgeRules;
-use super::constants::DEFAULT_MAX_KEEP_ALIVE_S;
+use super::constants::{DEFAULT_MAX_KEEP_ALIVE_S, MAX_QUEUED_MESSAGES_PER_SESSION};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MqttConfig {
@@ -17,6 +17,9 @@ pub struct MqttConfig {
     /// instead). 65,535 caps nothing and allows keep-alive 0. Either way a connection silent
     /// for 1.5 x its granted keep-alive is closed.
     pub max_keep_alive_s: u16,
+    /// QoS 1/2 messages queued per session (offline, or in-flight window full) before the
+    /// newest is dropped; default `MAX_QUEUED_MESSAGES_PER_SESSION`.
+    pub max_queued_messages: usize,
     /// Whether a client without a username may connect (see `auth`).
     pub allow_anonymous: bool,
     /// The users of `mqtt.password_file`, if one is configured (see `auth`).
@@ -32,6 +35,7 @@ impl Default for MqttConfig {
     fn default() -> MqttConfig {
         MqttConfig {
             max_keep_alive_s: DEFAULT_MAX_KEEP_ALIVE_S,
+            max_queued_messages: MAX_QUEUED_MESSAGES_PER_SESSION,
             allow_anonymous: true,
             password_file: None,
             acl: Arc::new(Acl::default()),

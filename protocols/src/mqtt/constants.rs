@@ -29,10 +29,14 @@ pub const MAX_SESSIONS_PER_SHARD: usize = 200_000;
 /// Subscriptions of one session (SUBSCRIBE beyond it gets 0x97 quota exceeded / 0x80).
 pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1_000;
 
-/// QoS 1/2 messages queued for one session while it is offline or its in-flight window is full.
-/// Past it the newest message is dropped (and counted), as Mosquitto's `max_queued_messages`
-/// does: 10,000 x 1 KiB typical payload = 10 MiB per session at worst.
+/// QoS 1/2 messages queued for one session while it is offline or its in-flight window is full,
+/// by default (`mqtt.max_queued_messages` changes it). Past it the newest message is dropped
+/// (and counted), as Mosquitto's `max_queued_messages` does: 10,000 x 1 KiB typical payload =
+/// 10 MiB per session at worst.
 pub const MAX_QUEUED_MESSAGES_PER_SESSION: usize = 10_000;
+
+/// The largest `mqtt.max_queued_messages` accepted: 1M x 1 KiB = 1 GiB for one session.
+pub const MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT: usize = 1_000_000;
 
 /// Outbound QoS 1/2 messages awaiting acknowledgement per session, whatever Receive Maximum
 /// the client announces (v5) — 3.1/3.1.1 clients get this window.

@@ -58,7 +58,7 @@ use super::constants::{
 use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
 use super::retained::{RetainOutcome, RetainedStore};
-use super::session::{DeliverOutcome, LinkOut, Outgoing, Session, Subscription};
+use super::session::{DeliverOutcome, LinkOut, Outgoing, QueueLimit, Session, Subscription};
 use super::shared::{self, FilterKind, SharedGroup};
 use super::topic_alias::TopicAliases;
 use super::trie::SubscriptionTrie;
@@ -980,6 +980,7 @@ impl<K: MqttKernel> MqttShard<K> {
             session_present = session.is_some();
             let mut session = session.unwrap_or_default();
             session.expiry_s = expiry_s;
+            session.queue_limit = QueueLimit(self.config.max_queued_messages);
             if state.sessions.len() >= MAX_SESSIONS_PER_SHARD {
                 warn!(
                     limit = MAX_SESSIONS_PER_SHARD,

@@ -95,6 +95,18 @@ pub struct Session {
     /// Message ids recently delivered, remembered only while the session moves between shards.
     dedup: Option<HashSet<u64>>,
     pub dropped_messages: u64,
+    /// Most messages `queue` holds (`mqtt.max_queued_messages`).
+    pub queue_limit: QueueLimit,
+}
+
+/// Most QoS 1/2 messages queued for one session; past it the newest is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimit(pub usize);
+
+impl Default for QueueLimit {
+    fn default() -> QueueLimit {
+        QueueLimit(MAX_QUEUED_MESSAGES_PER_SESSION)
+    }
 }
 
 impl Session {
@@ -176,7 +188,7 @@ impl Session {
                 return self.send_inflight(link, outgoing, now_ms);
             }
         }
-        if self.queue.len() >= MAX_QUEUED_MESSAGES_PER_SESSION {
+        if self.queue.len() >= self.queue_limit.0 {
             self.dropped_messages += 1;
             return DeliverOutcome::Dropped;
         }
@@ -495,6 +507,23 @@ mod tests {
         let mut buffer = BytesMut::new();
         session.resend(&mut link(&mut buffer, 3), 0);
         assert_eq!(sent(&mut buffer).len(), 3);
+    }
+
+    #[test]
+    fn a_configured_queue_limit_bounds_the_queue() {
+        let mut session = Session::new(u32::MAX);
+        session.queue_limit = QueueLimit(3);
+        for id in 0..3 {
+            assert_eq!(
+                session.deliver(outgoing(id, 1), None, 0),
+                DeliverOutcome::Queued
+            );
+        }
+        assert_eq!(
+            session.deliver(outgoing(9, 1), None, 0),
+            DeliverOutcome::Dropped
+        );
+        assert_eq!((session.queued(), session.dropped_messages), (3, 1));
     }
 
     #[test]

@@ -630,28 +630,30 @@ impl FileLog {
         &self,
         base_offset: i64,
     ) -> Result<Option<SegmentFiles>, StorageError> {
-        let (sizes, index_loaded) = {
+        let (open, sizes, index_loaded) = {
             let state = self.state.borrow();
             let Some(segment) = state.segment(base_offset) else {
                 return Ok(None);
             };
-            if let Some(files) = &segment.files {
-                let files = files.clone();
-                let index_loaded = segment.index_loaded;
-                drop(state);
-                open_files::touch(self.id, base_offset, &self.me);
-                if !index_loaded {
-                    self.load_segment_index(base_offset, &files).await?;
-                }
-                return Ok(Some(files));
-            }
-            match segment.closed_sizes {
-                Some(sizes) => (sizes, segment.index_loaded),
-                None => return Ok(None),
+            match (&segment.files, segment.closed_sizes) {
+                (Some(files), _) => (Some(files.clone()), None, segment.index_loaded),
+                (None, Some(sizes)) => (None, Some(sizes), segment.index_loaded),
+                (None, None) => return Ok(None),
             }
         };
+        if let Some(files) = open {
+            open_files::touch(self.id, base_offset, &self.me);
+            if !index_loaded {
+                self.load_segment_index(base_offset, &files).await?;
+            }
+            return Ok(Some(files));
+        }
+        let Some(sizes) = sizes else {
+            return Ok(None);
+        };
         let opened = SegmentFiles::open_existing(&self.dir, base_offset, sizes).await;
-        let files = {
+        // (files now in the segment, files of ours to close, what to return if not ours)
+        let (installed, discard, other) = {
             let mut state = self.state.borrow_mut();
             let segment = state.segment_mut(base_offset);
             match (opened, segment) {
@@ -660,24 +662,23 @@ impl FileLog {
                 {
                     segment.closed_sizes = None;
                     segment.files = Some(files.clone());
-                    files
+                    (Some(files), None, None)
                 }
                 // Opened by another task meanwhile: use theirs.
                 (Ok(files), Some(segment)) if segment.files.is_some() => {
-                    let theirs = segment.files.clone();
-                    drop(state);
-                    files.close().await;
-                    return Ok(theirs);
+                    (None, Some(files), segment.files.clone())
                 }
                 // Removed (retention, truncation, a cleaner swap) meanwhile.
-                (Ok(files), _) => {
-                    drop(state);
-                    files.close().await;
-                    return Ok(None);
-                }
-                (Err(_), None) => return Ok(None),
+                (Ok(files), _) => (None, Some(files), None),
+                (Err(_), None) => (None, None, None),
                 (Err(error), Some(_)) => return Err(error),
             }
+        };
+        if let Some(files) = discard {
+            files.close().await;
+        }
+        let Some(files) = installed else {
+            return Ok(other);
         };
         open_files::touch(self.id, base_offset, &self.me);
         open_files::evict_over_limit().await;

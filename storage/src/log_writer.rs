@@ -262,13 +262,14 @@ impl FileLog {
         // The new file's directory entry must be durable, or an fdatasync of its data is lost
         // with the name after a crash.
         sync_directory(&self.dir)?;
-        let mut state = self.state.borrow_mut();
-        let segment = state
-            .segment_mut(base_offset)
-            .expect("segment outlives its writes");
-        assert!(!segment.has_files());
-        segment.files = Some(files.clone());
-        drop(state);
+        {
+            let mut state = self.state.borrow_mut();
+            let segment = state
+                .segment_mut(base_offset)
+                .expect("segment outlives its writes");
+            assert!(!segment.has_files());
+            segment.files = Some(files.clone());
+        }
         open_files::touch(self.id, base_offset, &self.me);
         open_files::evict_over_limit().await;
         Ok(files)
@@ -377,12 +378,22 @@ impl FileLog {
         if result.is_ok() {
             result = self.checkpoint_sealed().await;
         }
-        let mut state = self.state.borrow_mut();
-        state.lifecycle = Lifecycle::Closed;
-        let segments = std::mem::take(&mut state.segments);
-        let failure = state.failure_error();
-        drop(state);
-        self.close_segment_files(segments).await;
+        let (open, failure) = {
+            let mut state = self.state.borrow_mut();
+            state.lifecycle = Lifecycle::Closed;
+            let mut open = Vec::new();
+            for segment in state.segments.iter_mut() {
+                if let Some(files) = segment.files.take() {
+                    segment.closed_sizes = Some(files.sizes());
+                    open.push((segment.base_offset, files));
+                }
+            }
+            (open, state.failure_error())
+        };
+        for (base, files) in open {
+            open_files::forget(self.id, base);
+            files.close().await;
+        }
         self.wake_everyone();
         failure.map_or(result, Err)
     }

@@ -418,7 +418,6 @@ impl FileLog {
                 .filter(|s| {
                     !s.checkpointed
                         && s.next_offset <= state.high_watermark
-                        && s.index.unpersisted_count() == 0
                         && s.has_files()
                 })
                 .map(|s| s.base_offset)
@@ -435,6 +434,8 @@ impl FileLog {
             let Some(files) = self.segment_ready(base).await? else {
                 continue;
             };
+            // A segment rolled after its last write round still holds unpersisted entries.
+            self.persist_index(base, &files).await?;
             files.finish().await?;
             let mut state = self.state.borrow_mut();
             state.padded_segments.retain(|padded| *padded != base);

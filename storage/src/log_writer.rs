@@ -416,9 +416,7 @@ impl FileLog {
             closed
                 .iter()
                 .filter(|s| {
-                    !s.checkpointed
-                        && s.next_offset <= state.high_watermark
-                        && s.has_files()
+                    !s.checkpointed && s.next_offset <= state.high_watermark && s.has_files()
                 })
                 .map(|s| s.base_offset)
                 .collect()

@@ -135,3 +135,15 @@ const _: () = assert!(INDEX_PERSIST_ENTRIES <= INDEX_ENTRIES_MAX);
 const _: () = assert!(MEMORY_LOG_BYTES_DEFAULT <= MEMORY_LOG_BYTES_MAX);
 const _: () = assert!(COMPACTION_KEY_MAP_BYTES_MAX >= 131_072 * (8 + KEY_MAP_ENTRY_OVERHEAD_BYTES));
 const _: () = assert!(COMPACTION_DECOMPRESSED_BYTES_MAX <= MESSAGE_BYTES_MAX);
+
+/// Segments with open files per shard: 1024, i.e. 3072 descriptors (log, offset index, time
+/// index each). The shard's open-file cache (`open_files.rs`) closes the least recently used
+/// idle segments past it. With the 20,000-descriptor hard limit of a small host, 4 shards keep
+/// 12,288 for segment files and leave the rest for sockets; one segment's appenders cost ~1 KiB
+/// of memory while open, so the cache pins ~1 MiB per shard.
+pub const OPEN_SEGMENTS_PER_SHARD_MAX: usize = 1024;
+
+/// Name of the recovery checkpoint in a partition directory: the sealed, fdatasynced segments
+/// (base, next offset, sizes, inode, max timestamp). Recovery trusts a listed segment whose
+/// log file still has that inode and size, and does not open or scan it.
+pub const RECOVERY_CHECKPOINT_FILE: &str = "recovery.checkpoint";

@@ -16,10 +16,12 @@ use crate::constants::{PENDING_BYTES_MAX, READ_CACHE_BYTES_MAX, SEGMENT_RELATIVE
 use crate::error::StorageError;
 use crate::log::{check_payload, AppendOutcome, LogConfig, LogStats};
 use crate::log_cleaner::CleanerState;
+use crate::open_files::{self, IdleFiles};
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
 use crate::records::check_keyed_batches;
 use crate::recovery::{recover_log, RecoveredLog};
-use crate::segment::Segment;
+use crate::segment::{remove_segment_paths, Segment, SegmentFiles};
+use crate::segment_index::{decode_entries, SegmentIndex};
 use crate::segment_reader::{read_batches, BaseOffsetCheck, BatchScanner, ScanStep};
 use crate::waiters::WaiterList;
 use crate::Offset;
@@ -28,7 +30,7 @@ use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +96,9 @@ pub(crate) struct LogState {
 
 pub struct FileLog {
     pub(crate) dir: PathBuf,
+    /// This log's key in the shard's open-file cache, and a handle the cache can evict with.
+    pub(crate) id: u64,
+    pub(crate) me: Weak<FileLog>,
     pub(crate) state: RefCell<LogState>,
     pub(crate) io_lock: Semaphore,
     /// Woken when the high watermark moves (wait_written, wait_for_data) or on close/failure.
@@ -345,8 +350,10 @@ impl FileLog {
         let recovered = recover_log(&dir, &config).await?;
         let mut state = LogState::from_recovered(config, recovered);
         state.writer_running = true;
-        let log = Rc::new(FileLog {
+        let log = Rc::new_cyclic(|me| FileLog {
             dir,
+            id: open_files::next_log_id(),
+            me: me.clone(),
             state: RefCell::new(state),
             io_lock: Semaphore::new(1),
             written_waiters: WaiterList::default(),
@@ -549,7 +556,11 @@ impl FileLog {
     pub(crate) fn abandon(&self) {
         let mut state = self.state.borrow_mut();
         state.failure = Some("abandoned".into());
-        state.segments.iter_mut().for_each(|s| s.files = None);
+        state.segments.iter_mut().for_each(|s| {
+            if let Some(files) = s.files.take() {
+                s.closed_sizes = Some(files.sizes());
+            }
+        });
         drop(state);
         self.wake_everyone();
     }
@@ -597,8 +608,8 @@ impl LogState {
         Ok(())
     }
 
-    /// The first written segment that holds offsets at or after `from`.
-    fn plan_read(&self, from: i64) -> Option<ReadPlan> {
+    /// Base offset of the first segment that holds offsets at or after `from`.
+    fn read_target(&self, from: i64) -> Option<i64> {
         let first = self
             .segments
             .partition_point(|s| s.base_offset <= from)
@@ -606,13 +617,169 @@ impl LogState {
         let segment = self.segments[first..]
             .iter()
             .find(|s| s.next_offset > from)?;
-        let files = segment.files.as_ref()?;
-        Some(ReadPlan {
-            file: files.log.file(),
-            start: segment.position_for(from),
-            end: files.log.size_bytes(),
-        })
+        Some(segment.base_offset)
     }
+}
+
+impl FileLog {
+    /// Makes a segment usable for reads: opens its files if they exist but are closed
+    /// (registering them with the shard's open-file cache, which may close idle ones of other
+    /// segments) and loads its index if recovery left it unloaded. None if the segment is gone
+    /// or has no files yet. The returned clone keeps the files from being evicted while held.
+    pub(crate) async fn segment_ready(
+        &self,
+        base_offset: i64,
+    ) -> Result<Option<SegmentFiles>, StorageError> {
+        let (open, sizes, index_loaded) = {
+            let state = self.state.borrow();
+            let Some(segment) = state.segment(base_offset) else {
+                return Ok(None);
+            };
+            match (&segment.files, segment.closed_sizes) {
+                (Some(files), _) => (Some(files.clone()), None, segment.index_loaded),
+                (None, Some(sizes)) => (None, Some(sizes), segment.index_loaded),
+                (None, None) => return Ok(None),
+            }
+        };
+        if let Some(files) = open {
+            open_files::touch(self.id, base_offset, &self.me);
+            if !index_loaded {
+                self.load_segment_index(base_offset, &files).await?;
+            }
+            return Ok(Some(files));
+        }
+        let Some(sizes) = sizes else {
+            return Ok(None);
+        };
+        let opened = SegmentFiles::open_existing(&self.dir, base_offset, sizes).await;
+        // (files now in the segment, files of ours to close, what to return if not ours)
+        let (installed, discard, other) = {
+            let mut state = self.state.borrow_mut();
+            let segment = state.segment_mut(base_offset);
+            match (opened, segment) {
+                (Ok(files), Some(segment))
+                    if segment.files.is_none() && segment.closed_sizes == Some(sizes) =>
+                {
+                    segment.closed_sizes = None;
+                    segment.files = Some(files.clone());
+                    (Some(files), None, None)
+                }
+                // Opened by another task meanwhile: use theirs.
+                (Ok(files), Some(segment)) if segment.files.is_some() => {
+                    (None, Some(files), segment.files.clone())
+                }
+                // Removed (retention, truncation, a cleaner swap) meanwhile.
+                (Ok(files), _) => (None, Some(files), None),
+                (Err(_), None) => (None, None, None),
+                (Err(error), Some(_)) => return Err(error),
+            }
+        };
+        if let Some(files) = discard {
+            files.close().await;
+        }
+        let Some(files) = installed else {
+            return Ok(other);
+        };
+        open_files::touch(self.id, base_offset, &self.me);
+        open_files::evict_over_limit().await;
+        if !index_loaded {
+            self.load_segment_index(base_offset, &files).await?;
+        }
+        Ok(Some(files))
+    }
+
+    /// Reads a sealed segment's index files (recovery trusted them from the checkpoint without
+    /// reading them). Entries are validated as recovery would: the longest consistent prefix
+    /// is kept, and an entry whose batch is not where it says is dropped with all after it.
+    async fn load_segment_index(
+        &self,
+        base_offset: i64,
+        files: &SegmentFiles,
+    ) -> Result<(), StorageError> {
+        let log_size = files.log.size_bytes();
+        let offsets = read_prefix(&files.offset_index).await?;
+        let times = read_prefix(&files.time_index).await?;
+        let mut entries = decode_entries(&offsets, &times, log_size);
+        while let Some(last) = entries.last() {
+            let mut scanner =
+                BatchScanner::new(files.log.file(), u64::from(last.position), log_size);
+            let expected = base_offset + i64::from(last.relative_offset);
+            if let ScanStep::Batch { .. } = scanner
+                .next(BaseOffsetCheck::Exactly(expected), true)
+                .await?
+            {
+                break;
+            }
+            entries.pop();
+        }
+        let mut state = self.state.borrow_mut();
+        let interval = state.config.index_interval_bytes;
+        if let Some(segment) = state.segment_mut(base_offset) {
+            if !segment.index_loaded {
+                segment.index = SegmentIndex::from_entries(interval, entries);
+                segment.index_loaded = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Called by the open-file cache: takes the segment's files out if they are open and no
+    /// task holds them, remembering their logical sizes for the reopen.
+    pub(crate) fn take_idle_files(&self, base_offset: i64) -> IdleFiles {
+        let mut state = self.state.borrow_mut();
+        let Some(segment) = state.segment_mut(base_offset) else {
+            return IdleFiles::NotOpen;
+        };
+        match &segment.files {
+            None => IdleFiles::NotOpen,
+            Some(files) if files.in_use() => IdleFiles::InUse,
+            Some(_) => {
+                let Some(files) = segment.files.take() else {
+                    return IdleFiles::NotOpen;
+                };
+                segment.closed_sizes = Some(files.sizes());
+                IdleFiles::Taken(files)
+            }
+        }
+    }
+
+    /// Unlinks a segment's files whether open or not, closing open ones.
+    pub(crate) async fn remove_segment(&self, segment: Segment) -> Result<(), StorageError> {
+        open_files::forget(self.id, segment.base_offset);
+        match segment.files {
+            Some(files) => {
+                let removed = files.remove().await;
+                files.close().await;
+                removed
+            }
+            None if segment.closed_sizes.is_some() => {
+                remove_segment_paths(&self.dir, segment.base_offset)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Closes every open file of `segments` (dropped from the log: close, truncation).
+    pub(crate) async fn close_segment_files(&self, segments: Vec<Segment>) {
+        for segment in segments {
+            open_files::forget(self.id, segment.base_offset);
+            if let Some(files) = segment.files {
+                files.close().await;
+            }
+        }
+    }
+}
+
+/// The logical contents of a small index file (bounded by `INDEX_ENTRIES_MAX` entries).
+async fn read_prefix(
+    appender: &crate::segment_appender::SegmentAppender,
+) -> Result<Vec<u8>, StorageError> {
+    use crate::constants::{INDEX_ENTRIES_MAX, TIME_INDEX_ENTRY_BYTES};
+    let len = (appender.size_bytes() as usize).min(INDEX_ENTRIES_MAX * TIME_INDEX_ENTRY_BYTES);
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(appender.file().read_at(0, len).await?.to_vec())
 }
 
 impl FileLog {
@@ -620,7 +787,7 @@ impl FileLog {
     /// one batch; empty at the high watermark. Recent batches come from the in-memory cache,
     /// older ones from a direct-IO read. Bytes are exactly as stored.
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, StorageError> {
-        let (plan, high_watermark) = {
+        let target = {
             let state = self.state.borrow();
             state.check_readable(from.0)?;
             if from.0 == state.high_watermark {
@@ -629,11 +796,28 @@ impl FileLog {
             if let Some(bytes) = state.cache_read(from.0, max_bytes) {
                 return Ok(bytes);
             }
-            (state.plan_read(from.0), state.high_watermark)
+            state.read_target(from.0)
         };
-        let Some(plan) = plan else {
+        let Some(base) = target else {
             return Ok(Bytes::new());
         };
+        let Some(files) = self.segment_ready(base).await? else {
+            return Ok(Bytes::new());
+        };
+        let (plan, high_watermark) = {
+            let state = self.state.borrow();
+            state.check_readable(from.0)?;
+            let Some(segment) = state.segment(base) else {
+                return Ok(Bytes::new());
+            };
+            let plan = ReadPlan {
+                file: files.log.file(),
+                start: segment.position_for(from.0),
+                end: files.log.size_bytes(),
+            };
+            (plan, state.high_watermark)
+        };
+        drop(files);
         read_batches(
             plan.file,
             plan.start,
@@ -650,25 +834,33 @@ impl FileLog {
         &self,
         ts_ms: i64,
     ) -> Result<Option<(Offset, i64)>, StorageError> {
-        let (plans, high_watermark) = {
+        let (bases, high_watermark) = {
             let state = self.state.borrow();
             state.check_readable(state.log_start())?;
-            let plans: Vec<ReadPlan> = state
+            let bases: Vec<i64> = state
                 .segments
                 .iter()
                 .filter(|s| s.max_timestamp >= ts_ms)
-                .filter_map(|s| {
-                    let files = s.files.as_ref()?;
-                    Some(ReadPlan {
-                        file: files.log.file(),
-                        start: u64::from(s.index.timestamp_floor_position(ts_ms)),
-                        end: files.log.size_bytes(),
-                    })
-                })
+                .map(|s| s.base_offset)
                 .collect();
-            (plans, state.high_watermark)
+            (bases, state.high_watermark)
         };
-        for plan in plans {
+        for base in bases {
+            let Some(files) = self.segment_ready(base).await? else {
+                continue;
+            };
+            let plan = {
+                let state = self.state.borrow();
+                let Some(segment) = state.segment(base) else {
+                    continue;
+                };
+                ReadPlan {
+                    file: files.log.file(),
+                    start: u64::from(segment.index.timestamp_floor_position(ts_ms)),
+                    end: files.log.size_bytes(),
+                }
+            };
+            drop(files);
             let mut scanner = BatchScanner::new(plan.file, plan.start, plan.end);
             loop {
                 match scanner.next(BaseOffsetCheck::Any, false).await? {
@@ -742,10 +934,9 @@ impl FileLog {
         };
         for segment in removed {
             tracing::info!(dir = %self.dir.display(), base_offset = segment.base_offset, bytes = segment.size_bytes, "retention deletes segment");
-            if let Some(files) = segment.files {
-                files.remove().await?;
-            }
+            self.remove_segment(segment).await?;
         }
+        self.write_checkpoint_from_state()?;
         Ok(())
     }
 
@@ -803,39 +994,36 @@ impl FileLog {
             return Err(error);
         }
         let _permit = self.io_lock.acquire_permit(1).await?;
+        // The checkpoint may list segments this cuts: recovery below writes a new one.
+        crate::recovery_checkpoint::remove_checkpoint(&self.dir)?;
         // Recovery will call everything it finds durable, so make that true first.
-        let unsynced: Vec<_> = {
-            let state = self.state.borrow();
-            let bases = state.unsynced_segments.iter();
-            bases
-                .filter_map(|base| state.segment(*base).and_then(|s| s.files.clone()))
-                .collect()
-        };
-        for files in unsynced {
-            files.log.sync().await?;
+        let unsynced: Vec<i64> = self.state.borrow().unsynced_segments.clone();
+        for base in unsynced {
+            if let Some(files) = self.segment_ready(base).await? {
+                files.log.sync().await?;
+            }
         }
-        let (target, later) = {
-            let state = self.state.borrow();
+        let (target_base, later) = {
+            let mut state = self.state.borrow_mut();
             let index = state
                 .segments
                 .partition_point(|s| s.base_offset <= to)
                 .saturating_sub(1);
-            let target = &state.segments[index];
-            let later: Vec<_> = state.segments[index + 1..]
-                .iter()
-                .filter_map(|s| s.files.clone())
-                .collect();
-            (
-                target
-                    .files
-                    .clone()
-                    .map(|files| (files, target.position_for(to))),
-                later,
-            )
+            let later: Vec<Segment> = state.segments.drain(index + 1..).collect();
+            (state.segments[index].base_offset, later)
         };
-        for files in later {
-            files.remove().await?;
+        for segment in later {
+            self.remove_segment(segment).await?;
         }
+        let target = match self.segment_ready(target_base).await? {
+            Some(files) => {
+                let state = self.state.borrow();
+                state
+                    .segment(target_base)
+                    .map(|segment| (files, segment.position_for(to)))
+            }
+            None => None,
+        };
         if let Some((files, start)) = target {
             let mut scanner = BatchScanner::new(files.log.file(), start, files.log.size_bytes());
             if let Some((position, _)) = scanner.seek(to).await? {
@@ -843,6 +1031,8 @@ impl FileLog {
                 files.log.sync().await?;
             }
         }
+        let old_segments = std::mem::take(&mut self.state.borrow_mut().segments);
+        self.close_segment_files(old_segments).await;
         let config = self.state.borrow().config.clone();
         let recovered = recover_log(&self.dir, &config).await?;
         let mut state = self.state.borrow_mut();

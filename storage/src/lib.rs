@@ -16,10 +16,12 @@ mod log_cleaner;
 pub mod log_manager;
 mod log_writer;
 mod memory_log;
+mod open_files;
 mod producer_state;
 pub mod reactor_tick;
 mod records;
 mod recovery;
+mod recovery_checkpoint;
 mod segment;
 mod segment_appender;
 mod segment_index;
@@ -28,6 +30,8 @@ mod waiters;
 
 #[cfg(test)]
 mod compaction_tests;
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;
 

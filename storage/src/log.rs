@@ -324,7 +324,14 @@ impl PartitionLog {
     #[cfg(test)]
     pub(crate) async fn crash(&self) {
         match &self.engine {
-            Engine::File(log) => log.abandon(),
+            Engine::File(log) => {
+                log.abandon();
+                // In-flight IO completes (or not) before a real crash is over; the abandoned
+                // writer must not race the next open's recovery.
+                log.writer_stopped
+                    .wait_until(|| !log.state.borrow().writer_running)
+                    .await;
+            }
             Engine::Memory(log) => log.close().await.expect("close memory log"),
         }
     }

@@ -35,6 +35,7 @@ use crate::constants::{SEGMENT_RELATIVE_OFFSET_MAX, WRITE_CHUNK_BYTES};
 use crate::error::StorageError;
 use crate::file_log::{FileLog, LogState};
 use crate::log::CompactionOutcome;
+use crate::open_files;
 use crate::segment::{
     compaction_temp_path, remove_if_exists, segment_path, sync_directory, Segment, SegmentFiles,
     CLEANED_EXTENSION, LOG_EXTENSION, OFFSET_INDEX_EXTENSION, SWAP_EXTENSION, TIME_INDEX_EXTENSION,
@@ -153,6 +154,41 @@ enum GroupResult {
 }
 
 impl LogState {
+    /// Base offsets of the closed segments a pass would clean now, empty if none is due (the
+    /// same choice as `plan_compaction`, without needing open files).
+    fn compaction_candidates(&self, now_ms: i64) -> Vec<i64> {
+        if !self.config.cleanup_policy.compacts() {
+            return Vec::new();
+        }
+        let lag_ms = self.config.min_compaction_lag_ms;
+        let first_dirty = self.cleaner.first_dirty_offset.max(self.log_start());
+        let closed = &self.segments[..self.segments.len() - 1];
+        let cleanable: Vec<&Segment> = closed
+            .iter()
+            .take_while(|s| {
+                s.next_offset <= self.high_watermark
+                    && s.size_bytes > 0
+                    && (lag_ms == 0 || s.max_timestamp <= now_ms.saturating_sub(lag_ms))
+            })
+            .collect();
+        let total_bytes: u64 = cleanable.iter().map(|s| s.size_bytes).sum();
+        let dirty_bytes: u64 = cleanable
+            .iter()
+            .filter(|s| s.next_offset > first_dirty)
+            .map(|s| s.size_bytes)
+            .sum();
+        let ratio = self.config.min_cleanable_dirty_ratio;
+        let dirty_due = dirty_bytes > 0 && dirty_bytes as f64 >= ratio * total_bytes as f64;
+        let horizon_due = self
+            .cleaner
+            .delete_horizon_min_ms
+            .is_some_and(|horizon| now_ms >= horizon);
+        if !(dirty_due || horizon_due) {
+            return Vec::new();
+        }
+        cleanable.iter().map(|s| s.base_offset).collect()
+    }
+
     /// The pass to run now, if the log is compacted and due.
     fn plan_compaction(&self, now_ms: i64) -> Option<CompactionPass> {
         if !self.config.cleanup_policy.compacts() {
@@ -312,11 +348,27 @@ impl FileLog {
         now_ms: i64,
         key_map_bytes_max: usize,
     ) -> Result<Option<CompactionOutcome>, StorageError> {
+        let candidates = {
+            let state = self.state.borrow();
+            state.ensure_open()?;
+            state.compaction_candidates(now_ms)
+        };
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        // Open the candidates' files (and load their indexes) and hold them while planning.
+        let mut held = Vec::with_capacity(candidates.len());
+        for base in candidates {
+            if let Some(files) = self.segment_ready(base).await? {
+                held.push(files);
+            }
+        }
         let pass = {
             let state = self.state.borrow();
             state.ensure_open()?;
             state.plan_compaction(now_ms)
         };
+        drop(held);
         let Some(pass) = pass else {
             return Ok(None);
         };
@@ -555,10 +607,22 @@ impl FileLog {
             max_timestamp_offset: written.max_timestamp_offset,
             first_append_ms: None,
             index: std::mem::replace(&mut written.index, SegmentIndex::new(1)),
+            index_loaded: true,
             files: Some(files),
+            closed_sizes: None,
+            // The cleaned log file was made durable before the swap.
+            checkpointed: true,
         };
-        state.segments.splice(replaced, [segment]);
+        let old: Vec<Segment> = state.segments.splice(replaced, [segment]).collect();
         state.cache_drop_before(end);
+        drop(state);
+        for segment in &old {
+            open_files::forget(self.id, segment.base_offset);
+        }
+        // The pass's snapshots still hold the old files; they are freed with the pass.
+        drop(old);
+        open_files::touch(self.id, first, &self.me);
+        self.write_checkpoint_from_state()?;
         Ok(GroupResult::Done(written, 1))
     }
 }

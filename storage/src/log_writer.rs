@@ -23,7 +23,9 @@
 use crate::constants::{INDEX_PERSIST_ENTRIES, NO_SPACE_RETRY_MS};
 use crate::error::StorageError;
 use crate::file_log::{FileLog, Lifecycle, LogState, PendingWrite};
-use crate::segment::{sync_directory, SegmentFiles};
+use crate::open_files;
+use crate::recovery_checkpoint::{write_checkpoint, CheckpointEntry};
+use crate::segment::{sync_directory, Segment, SegmentFiles};
 use bytes::Bytes;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -205,7 +207,8 @@ impl FileLog {
         for (base, files) in touched {
             self.persist_index(base, &files).await?;
         }
-        self.sync_if_due().await
+        self.sync_if_due().await?;
+        self.checkpoint_sealed().await
     }
 
     /// Writes one run; on failure the file is cut back to where the run started, so a retry
@@ -240,28 +243,35 @@ impl FileLog {
         Ok(files)
     }
 
-    /// The files of a segment, created on its first write.
+    /// The files of a segment: opened if they exist (closed by the open-file cache, or since
+    /// recovery), created on its first write otherwise.
     async fn segment_files(&self, base_offset: i64) -> Result<SegmentFiles, StorageError> {
-        let existing = {
+        let exists = {
             let state = self.state.borrow();
             let segment = state
                 .segment(base_offset)
                 .expect("pending writes target live segments");
-            segment.files.clone()
+            segment.has_files()
         };
-        if let Some(files) = existing {
-            return Ok(files);
+        if exists {
+            return self.segment_ready(base_offset).await?.ok_or_else(|| {
+                StorageError::Corrupt(format!("segment {base_offset} vanished under its writer"))
+            });
         }
         let files = SegmentFiles::open(&self.dir, base_offset, true).await?;
         // The new file's directory entry must be durable, or an fdatasync of its data is lost
         // with the name after a crash.
         sync_directory(&self.dir)?;
-        let mut state = self.state.borrow_mut();
-        let segment = state
-            .segment_mut(base_offset)
-            .expect("segment outlives its writes");
-        assert!(segment.files.is_none());
-        segment.files = Some(files.clone());
+        {
+            let mut state = self.state.borrow_mut();
+            let segment = state
+                .segment_mut(base_offset)
+                .expect("segment outlives its writes");
+            assert!(!segment.has_files());
+            segment.files = Some(files.clone());
+        }
+        open_files::touch(self.id, base_offset, &self.me);
+        open_files::evict_over_limit().await;
         Ok(files)
     }
 
@@ -304,16 +314,15 @@ impl FileLog {
                 return Ok(());
             }
             let bases = std::mem::take(&mut state.unsynced_segments);
-            let files: Vec<SegmentFiles> = bases
-                .iter()
-                .filter_map(|base| state.segment(*base).and_then(|s| s.files.clone()))
-                .collect();
             state.first_unsynced_at = None;
-            (state.high_watermark, state.written_batches, files)
+            (state.high_watermark, state.written_batches, bases)
         };
-        let synced_files = files.len() as u64;
-        for segment_files in files {
-            segment_files.log.sync().await?;
+        let mut synced_files = 0;
+        for base in files {
+            if let Some(segment_files) = self.segment_ready(base).await? {
+                segment_files.log.sync().await?;
+                synced_files += 1;
+            }
         }
         let mut state = self.state.borrow_mut();
         assert!(target >= state.durable_offset);
@@ -347,19 +356,17 @@ impl FileLog {
         if self.state.borrow().lifecycle == Lifecycle::Closed {
             return Ok(());
         }
-        let padded: Vec<(i64, SegmentFiles)> = {
-            let state = self.state.borrow();
-            state
-                .padded_segments
-                .iter()
-                .filter_map(|base| {
-                    let files = state.segment(*base).and_then(|s| s.files.clone())?;
-                    Some((*base, files))
-                })
-                .collect()
-        };
+        let padded: Vec<i64> = self.state.borrow().padded_segments.clone();
         let mut result = Ok(());
-        for (base, files) in padded {
+        for base in padded {
+            let files = match self.segment_ready(base).await {
+                Ok(Some(files)) => files,
+                Ok(None) => continue,
+                Err(error) => {
+                    result = Err(error);
+                    continue;
+                }
+            };
             let finished = match self.persist_index(base, &files).await {
                 Ok(()) => files.finish().await,
                 Err(error) => Err(error),
@@ -368,15 +375,96 @@ impl FileLog {
                 result = Err(error);
             }
         }
-        let mut state = self.state.borrow_mut();
-        state.lifecycle = Lifecycle::Closed;
-        state
-            .segments
-            .iter_mut()
-            .for_each(|segment| segment.files = None);
-        let failure = state.failure_error();
-        drop(state);
+        if result.is_ok() {
+            result = self.checkpoint_sealed().await;
+        }
+        let (open, failure) = {
+            let mut state = self.state.borrow_mut();
+            state.lifecycle = Lifecycle::Closed;
+            let mut open = Vec::new();
+            for segment in state.segments.iter_mut() {
+                if let Some(files) = segment.files.take() {
+                    segment.closed_sizes = Some(files.sizes());
+                    open.push((segment.base_offset, files));
+                }
+            }
+            (open, state.failure_error())
+        };
+        for (base, files) in open {
+            open_files::forget(self.id, base);
+            files.close().await;
+        }
         self.wake_everyone();
         failure.map_or(result, Err)
     }
+}
+
+impl FileLog {
+    /// Seals segments for the recovery checkpoint: every closed segment that is fully written
+    /// and not yet checkpointed gets its padding cut and its three files fdatasynced, then the
+    /// checkpoint is rewritten. Runs under `io_lock` (writer round, close); one ftruncate and
+    /// fdatasync per file per rolled segment.
+    pub(crate) async fn checkpoint_sealed(&self) -> Result<(), StorageError> {
+        let bases: Vec<i64> = {
+            let state = self.state.borrow();
+            let Some((_active, closed)) = state.segments.split_last() else {
+                return Ok(());
+            };
+            if state.failure.is_some() {
+                return Ok(());
+            }
+            closed
+                .iter()
+                .filter(|s| {
+                    !s.checkpointed && s.next_offset <= state.high_watermark && s.has_files()
+                })
+                .map(|s| s.base_offset)
+                .collect()
+        };
+        if bases.is_empty() {
+            return Ok(());
+        }
+        for base in bases {
+            // A failed (or test-abandoned) log does no more file IO.
+            if self.state.borrow().failure.is_some() {
+                return Ok(());
+            }
+            let Some(files) = self.segment_ready(base).await? else {
+                continue;
+            };
+            // A segment rolled after its last write round still holds unpersisted entries.
+            self.persist_index(base, &files).await?;
+            files.finish().await?;
+            let mut state = self.state.borrow_mut();
+            state.padded_segments.retain(|padded| *padded != base);
+            if let Some(segment) = state.segment_mut(base) {
+                segment.checkpointed = true;
+            }
+        }
+        self.write_checkpoint_from_state()
+    }
+
+    /// Rewrites the checkpoint from the checkpointed segments in memory.
+    pub(crate) fn write_checkpoint_from_state(&self) -> Result<(), StorageError> {
+        let state = self.state.borrow();
+        let entries = checkpoint_entries(&self.dir, &state.segments)?;
+        write_checkpoint(&self.dir, &entries)
+    }
+}
+
+/// Checkpoint entries of the sealed segments marked `checkpointed` (the active one never is).
+pub(crate) fn checkpoint_entries(
+    dir: &std::path::Path,
+    segments: &[Segment],
+) -> Result<Vec<CheckpointEntry>, StorageError> {
+    let mut entries = Vec::new();
+    for segment in segments.iter().filter(|s| s.checkpointed) {
+        let sizes = match (&segment.files, segment.closed_sizes) {
+            (Some(files), _) => files.sizes(),
+            (None, Some(sizes)) => sizes,
+            (None, None) => continue,
+        };
+        entries.push(CheckpointEntry::for_segment(dir, segment, sizes)?);
+    }
+    Ok(entries)
 }

@@ -22,7 +22,9 @@ use crate::constants::{
 };
 use crate::error::StorageError;
 use crate::log::LogConfig;
+use crate::log_writer::checkpoint_entries;
 use crate::producer_state::ProducerStateManager;
+use crate::recovery_checkpoint::{read_checkpoint, write_checkpoint, CheckpointEntry};
 use crate::segment::{
     parse_compaction_temp_name, remove_if_exists, segment_path, sync_directory, Segment,
     SegmentFiles, CLEANED_EXTENSION, LOG_EXTENSION, OFFSET_INDEX_EXTENSION, SWAP_EXTENSION,
@@ -110,14 +112,30 @@ fn finish_interrupted_compaction(dir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A sealed segment as the checkpoint recorded it; its files stay closed and its index is
+/// loaded on first use.
+fn trusted_segment(entry: &CheckpointEntry, interval_bytes: u32) -> Segment {
+    let mut segment = Segment::new(entry.base_offset, interval_bytes);
+    segment.next_offset = entry.next_offset;
+    segment.size_bytes = entry.sizes.log;
+    segment.max_timestamp = entry.max_timestamp;
+    segment.max_timestamp_offset = entry.max_timestamp_offset;
+    segment.index_loaded = false;
+    segment.closed_sizes = Some(entry.sizes);
+    segment.checkpointed = true;
+    segment
+}
+
 pub(crate) async fn recover_log(
     dir: &Path,
     config: &LogConfig,
 ) -> Result<RecoveredLog, StorageError> {
     finish_interrupted_compaction(dir)?;
     let bases = list_segment_bases(dir)?;
+    let checkpoint = read_checkpoint(dir);
     let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
     let mut producers = ProducerStateManager::default();
+    let mut checkpoint_changed = false;
     for (index, base) in bases.iter().copied().enumerate() {
         if let Some(previous) = segments.last() {
             if base < previous.next_offset {
@@ -129,7 +147,18 @@ pub(crate) async fn recover_log(
             }
         }
         let full_scan = index + RECOVERY_PRODUCER_SEGMENTS >= bases.len();
-        let (segment, cut) = recover_segment(
+        let next_base = bases.get(index + 1).copied();
+        let trusted = checkpoint.get(&base).filter(|entry| {
+            !full_scan
+                && next_base.is_none_or(|next| entry.next_offset <= next)
+                && entry.matches_disk(dir)
+        });
+        if let Some(entry) = trusted {
+            segments.push(trusted_segment(entry, config.index_interval_bytes));
+            continue;
+        }
+        checkpoint_changed |= checkpoint.contains_key(&base);
+        let (mut segment, cut) = recover_segment(
             dir,
             base,
             config.index_interval_bytes,
@@ -137,11 +166,25 @@ pub(crate) async fn recover_log(
             &mut producers,
         )
         .await?;
+        let sealed = !cut && index + 1 < bases.len() && !segment.is_empty();
+        if let Some(files) = segment.files.take() {
+            let synced = if sealed { files.finish().await } else { Ok(()) };
+            segment.closed_sizes = Some(files.sizes());
+            files.close().await;
+            synced?;
+            segment.checkpointed = sealed;
+            checkpoint_changed |= sealed;
+        }
         segments.push(segment);
         if cut && index + 1 < bases.len() {
             remove_later_segments(dir, &bases[index + 1..]);
+            checkpoint_changed = true;
             break;
         }
+    }
+    checkpoint_changed |= checkpoint.len() != segments.iter().filter(|s| s.checkpointed).count();
+    if checkpoint_changed {
+        write_checkpoint(dir, &checkpoint_entries(dir, &segments)?)?;
     }
     if segments.is_empty() {
         segments.push(Segment::new(0, config.index_interval_bytes));

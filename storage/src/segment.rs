@@ -2,8 +2,10 @@
 //! plus the in-memory bookkeeping the log needs to append, roll, read and expire it.
 //!
 //! Concurrency contract: owned by the log's state (`RefCell`); its files are `Rc`s so the
-//! writer and readers clone them out and await without holding a borrow. Files are opened by
-//! the writer on first write (a roll in the synchronous `append` cannot await), or by recovery.
+//! writer and readers clone them out and await without holding a borrow. Files are created by
+//! the writer on first write (a roll in the synchronous `append` cannot await); existing files
+//! are opened on demand (`FileLog::segment_ready`) and closed again by the shard's open-file
+//! cache (`open_files.rs`) once they are idle and the cache is over its limit.
 
 use crate::error::StorageError;
 use crate::segment_appender::SegmentAppender;
@@ -65,6 +67,24 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
     }
 }
 
+/// Logical sizes (padding excluded) of a segment's three files, remembered while they are
+/// closed so a reopen neither trusts the file size (which may include zero padding) nor
+/// needs a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileSizes {
+    pub(crate) log: u64,
+    pub(crate) offset_index: u64,
+    pub(crate) time_index: u64,
+}
+
+/// Removes the three files of a segment whose files are not open.
+pub(crate) fn remove_segment_paths(dir: &Path, base_offset: i64) -> Result<(), StorageError> {
+    for extension in [LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+        remove_if_exists(&segment_path(dir, base_offset, extension))?;
+    }
+    Ok(())
+}
+
 /// The three open files of a segment.
 #[derive(Clone)]
 pub(crate) struct SegmentFiles {
@@ -97,6 +117,77 @@ impl SegmentFiles {
         })
     }
 
+    /// Reopens the files of a segment known to exist with these logical sizes (after an
+    /// eviction from the open-file cache, or a recovery that closed them).
+    pub(crate) async fn open_existing(
+        dir: &Path,
+        base_offset: i64,
+        sizes: FileSizes,
+    ) -> Result<SegmentFiles, StorageError> {
+        let log = SegmentAppender::open_existing(
+            &segment_path(dir, base_offset, LOG_EXTENSION),
+            sizes.log,
+        )
+        .await?;
+        let offset_index = match SegmentAppender::open_existing(
+            &segment_path(dir, base_offset, OFFSET_INDEX_EXTENSION),
+            sizes.offset_index,
+        )
+        .await
+        {
+            Ok(file) => file,
+            Err(error) => {
+                log.close().await;
+                return Err(error);
+            }
+        };
+        let time_index = match SegmentAppender::open_existing(
+            &segment_path(dir, base_offset, TIME_INDEX_EXTENSION),
+            sizes.time_index,
+        )
+        .await
+        {
+            Ok(file) => file,
+            Err(error) => {
+                log.close().await;
+                offset_index.close().await;
+                return Err(error);
+            }
+        };
+        Ok(SegmentFiles {
+            log: Rc::new(log),
+            offset_index: Rc::new(offset_index),
+            time_index: Rc::new(time_index),
+        })
+    }
+
+    pub(crate) fn sizes(&self) -> FileSizes {
+        FileSizes {
+            log: self.log.size_bytes(),
+            offset_index: self.offset_index.size_bytes(),
+            time_index: self.time_index.size_bytes(),
+        }
+    }
+
+    /// True while any task holds a clone of these files or of one of their `DmaFile`s: a
+    /// write, sync, read or cleaner pass may be in flight, so the files must stay open.
+    pub(crate) fn in_use(&self) -> bool {
+        [&self.log, &self.offset_index, &self.time_index]
+            .iter()
+            .any(|appender| Rc::strong_count(appender) > 1 || appender.file_in_use())
+    }
+
+    /// Closes the three files explicitly (glommio frees a dropped `DmaFile`'s descriptor only
+    /// when its executor gets around to it). A file still shared elsewhere is just dropped:
+    /// its last holder frees it.
+    pub(crate) async fn close(self) {
+        for appender in [self.log, self.offset_index, self.time_index] {
+            if let Ok(appender) = Rc::try_unwrap(appender) {
+                appender.close().await;
+            }
+        }
+    }
+
     /// Cuts padding and makes all three files durable (at close).
     pub(crate) async fn finish(&self) -> Result<(), StorageError> {
         self.log.finish().await?;
@@ -125,7 +216,17 @@ pub(crate) struct Segment {
     /// Wall time of the first append since open, for `segment_ms` rolls.
     pub(crate) first_append_ms: Option<i64>,
     pub(crate) index: SegmentIndex,
+    /// False while `index` was not read from the index files yet (a sealed segment trusted
+    /// from the recovery checkpoint); `FileLog::segment_ready` loads it on first use.
+    pub(crate) index_loaded: bool,
+    /// The open files, if open. At most one of `files` and `closed_sizes` is set; neither
+    /// means the files were never created (a segment with no write yet).
     pub(crate) files: Option<SegmentFiles>,
+    /// The files exist but are closed (evicted from the open-file cache, or not opened since
+    /// recovery), with these logical sizes.
+    pub(crate) closed_sizes: Option<FileSizes>,
+    /// Sealed, fully written and fdatasynced, so the recovery checkpoint may list it.
+    pub(crate) checkpointed: bool,
 }
 
 impl Segment {
@@ -139,8 +240,16 @@ impl Segment {
             max_timestamp_offset: base_offset,
             first_append_ms: None,
             index: SegmentIndex::new(index_interval_bytes),
+            index_loaded: true,
             files: None,
+            closed_sizes: None,
+            checkpointed: false,
         }
+    }
+
+    /// True if the segment's files exist on disk (open or not).
+    pub(crate) fn has_files(&self) -> bool {
+        self.files.is_some() || self.closed_sizes.is_some()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -75,6 +75,64 @@ impl SegmentAppender {
         Ok(appender)
     }
 
+    /// Opens an existing `path` (never creating it) whose contents end at `size_bytes`: the
+    /// logical size remembered when it was closed, which the file (maybe zero-padded) must
+    /// reach.
+    pub(crate) async fn open_existing(
+        path: &Path,
+        size_bytes: u64,
+    ) -> Result<SegmentAppender, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await?;
+        assert!(SECTOR_BYTES.is_multiple_of(file.alignment()));
+        let file_size = match file.file_size().await {
+            Ok(size) => size,
+            Err(error) => {
+                let _ = file.close().await;
+                return Err(error.into());
+            }
+        };
+        let appender = SegmentAppender {
+            path: path.to_path_buf(),
+            file: Rc::new(file),
+            size_bytes: Cell::new(size_bytes),
+            tail: RefCell::new(Vec::new()),
+            write_in_flight: Cell::new(false),
+        };
+        let loaded = if file_size < size_bytes {
+            Err(StorageError::Corrupt(format!(
+                "{}: {file_size} bytes, {size_bytes} expected",
+                path.display()
+            )))
+        } else {
+            appender.load_tail().await
+        };
+        if let Err(error) = loaded {
+            appender.close().await;
+            return Err(error);
+        }
+        Ok(appender)
+    }
+
+    /// True while a clone of the `DmaFile` is held (a read in flight).
+    pub(crate) fn file_in_use(&self) -> bool {
+        Rc::strong_count(&self.file) > 1
+    }
+
+    /// Closes the file, freeing its descriptor now; errors are logged (nothing was pending:
+    /// callers close only files with no write in flight). A file still shared is dropped.
+    pub(crate) async fn close(self) {
+        assert!(!self.write_in_flight.get());
+        if let Ok(file) = Rc::try_unwrap(self.file) {
+            if let Err(error) = file.close().await {
+                tracing::warn!(file = %self.path.display(), %error, "closing a segment file failed");
+            }
+        }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
@@ -90,7 +148,7 @@ impl SegmentAppender {
     async fn load_tail(&self) -> Result<(), StorageError> {
         let size = self.size_bytes.get();
         let tail_len = (size % SECTOR_BYTES) as usize;
-        let mut tail = Vec::with_capacity(SECTOR_BYTES as usize);
+        let mut tail = Vec::new();
         if tail_len > 0 {
             let read = self
                 .file

@@ -13,13 +13,13 @@ use std::rc::Rc;
 
 /// One hand-built RecordBatch v2.
 #[derive(Clone, Copy)]
-struct BatchSpec {
-    records: i32,
-    value_bytes: usize,
-    timestamp_ms: i64,
-    producer_id: i64,
-    producer_epoch: i16,
-    base_sequence: i32,
+pub(crate) struct BatchSpec {
+    pub(crate) records: i32,
+    pub(crate) value_bytes: usize,
+    pub(crate) timestamp_ms: i64,
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    pub(crate) base_sequence: i32,
 }
 
 impl Default for BatchSpec {
@@ -65,7 +65,7 @@ fn record(offset_delta: i32, value_bytes: usize) -> Vec<u8> {
     out
 }
 
-fn build_batch(spec: BatchSpec) -> Vec<u8> {
+pub(crate) fn build_batch(spec: BatchSpec) -> Vec<u8> {
     let mut buf = Vec::new();
     buf.extend_from_slice(&0i64.to_be_bytes());
     buf.extend_from_slice(&0i32.to_be_bytes()); // length, patched below
@@ -90,7 +90,7 @@ fn build_batch(spec: BatchSpec) -> Vec<u8> {
     buf
 }
 
-fn append(
+pub(crate) fn append(
     log: &PartitionLog,
     specs: &[BatchSpec],
     now_ms: i64,
@@ -103,7 +103,7 @@ fn append(
     log.append(BytesMut::from(&payload[..]), &headers, 7, now_ms)
 }
 
-fn appended(outcome: AppendOutcome) -> (i64, i64) {
+pub(crate) fn appended(outcome: AppendOutcome) -> (i64, i64) {
     match outcome {
         AppendOutcome::Appended {
             base_offset,
@@ -164,7 +164,7 @@ where
     let _ = std::fs::remove_dir_all(cleanup);
 }
 
-fn small_config() -> LogConfig {
+pub(crate) fn small_config() -> LogConfig {
     LogConfig {
         segment_bytes: 16 * 1024,
         index_interval_bytes: 256,
@@ -172,7 +172,7 @@ fn small_config() -> LogConfig {
     }
 }
 
-fn segment_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
+pub(crate) fn segment_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("dir")
         .map(|entry| entry.expect("entry").path())
@@ -183,7 +183,7 @@ fn segment_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
 }
 
 /// Reads every batch from `from` to the high watermark, batch by batch.
-async fn read_all(log: &PartitionLog, from: i64) -> Vec<u8> {
+pub(crate) async fn read_all(log: &PartitionLog, from: i64) -> Vec<u8> {
     let mut out = Vec::new();
     let mut next = from;
     while next < log.high_watermark().0 {

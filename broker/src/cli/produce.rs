@@ -16,6 +16,7 @@ use kafka_protocol::records::{
 
 use super::client::{error_text, Client};
 use super::topic::partition_count;
+use rmq_protocols::mqtt::bridge::murmur2;
 
 /// Records per partition in one Produce request: 1,000 lines of up to 1 KiB stay near 1 MiB.
 const PRODUCE_BATCH_RECORDS: usize = 1_000;
@@ -31,39 +32,6 @@ pub struct ProduceArgs {
     /// Send every record to this partition.
     #[arg(long, short = 'p')]
     pub partition: Option<i32>,
-}
-
-/// Kafka's murmur2 (the Java client's `Utils.murmur2`).
-fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let length = data.len();
-    let mut h: u32 = SEED ^ (length as u32);
-    let chunks = data.chunks_exact(4);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
 }
 
 /// Kafka's default partition for a key: `toPositive(murmur2(key)) % partitions`.

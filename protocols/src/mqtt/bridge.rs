@@ -163,10 +163,30 @@ pub fn partition_for_key(key: &str, partition_count: i32) -> i32 {
     positive % partition_count.max(1)
 }
 
-/// One uncompressed RecordBatch v2 with the record for `message` (offsets are assigned by the
-/// log on append; no producer id, so no idempotence: a retransmitted QoS 1 publish after a
-/// lost PUBACK may be appended twice, as MQTT QoS 1 allows).
-pub fn encode_message(message: &Message, now_ms: i64) -> Result<Bytes, String> {
+/// One uncompressed RecordBatch v2 with one record per message, in order (offsets are assigned
+/// by the log on append; no producer id, so no idempotence: a retransmitted QoS 1 publish after
+/// a lost PUBACK may be appended twice, as MQTT QoS 1 allows).
+pub fn encode_messages(messages: &[&Message], now_ms: i64) -> Result<Bytes, String> {
+    let records: Vec<Record> = messages
+        .iter()
+        .enumerate()
+        .map(|(index, message)| {
+            let offset = i64::try_from(index).unwrap_or(i64::MAX);
+            record_of(message, offset, now_ms)
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &options)
+        .map_err(|e| format!("cannot encode the bridged records: {e}"))?;
+    Ok(buf.freeze())
+}
+
+/// The Kafka record of `message` at `offset` within its batch.
+fn record_of(message: &Message, offset: i64, now_ms: i64) -> Record {
     let mut headers: kafka_protocol::indexmap::IndexMap<StrBytes, Option<Bytes>> =
         Default::default();
     let properties = &message.properties;
@@ -204,7 +224,7 @@ pub fn encode_message(message: &Message, now_ms: i64) -> Result<Bytes, String> {
             Some(data.clone()),
         );
     }
-    let record = Record {
+    Record {
         transactional: false,
         control: false,
         delete_horizon: false,
@@ -212,21 +232,15 @@ pub fn encode_message(message: &Message, now_ms: i64) -> Result<Bytes, String> {
         producer_id: -1,
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
+        offset,
+        // The encoder keeps records in one batch while offset - sequence is constant; this
+        // makes the batch's base sequence -1 (no producer).
+        sequence: i32::try_from(offset - 1).unwrap_or(i32::MAX),
         timestamp: now_ms,
         key: Some(Bytes::copy_from_slice(message.topic.as_bytes())),
         value: Some(message.payload.clone()),
         headers,
-    };
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, std::iter::once(&record), &options)
-        .map_err(|e| format!("cannot encode the bridged record: {e}"))?;
-    Ok(buf.freeze())
+    }
 }
 
 /// A Kafka record to route to MQTT subscribers.
@@ -390,7 +404,7 @@ mod tests {
             publisher: None,
             expires_at_ms: None,
         };
-        let mut batch = encode_message(&message, 1_000).expect("encode");
+        let mut batch = encode_messages(&[&message], 1_000).expect("encode");
         let sets = RecordBatchDecoder::decode_all(&mut batch.clone()).expect("decode");
         let record = &sets[0].records[0];
         assert_eq!(record.key.as_deref(), Some(&b"sensors/a/b"[..]));
@@ -436,6 +450,42 @@ mod tests {
             value: Some(Bytes::copy_from_slice(value)),
             headers,
         }
+    }
+
+    #[test]
+    fn several_messages_make_one_batch_in_order() {
+        let messages: Vec<Message> = (0..3)
+            .map(|i| Message {
+                id: i,
+                topic: format!("sensors/{i}"),
+                payload: Bytes::from(format!("v{i}")),
+                qos: 1,
+                retain: false,
+                properties: MessageProperties::default(),
+                publisher: None,
+                expires_at_ms: None,
+            })
+            .collect();
+        let refs: Vec<&Message> = messages.iter().collect();
+        let mut batch = encode_messages(&refs, 1_000).expect("encode");
+        let sets = RecordBatchDecoder::decode_all(&mut batch).expect("decode");
+        assert_eq!(sets.len(), 1, "one RecordBatch");
+        let got: Vec<(i64, Option<Bytes>, Option<Bytes>)> = sets[0]
+            .records
+            .iter()
+            .map(|r| (r.offset, r.key.clone(), r.value.clone()))
+            .collect();
+        let want: Vec<(i64, Option<Bytes>, Option<Bytes>)> = (0..3)
+            .map(|i| {
+                (
+                    i,
+                    Some(Bytes::from(format!("sensors/{i}"))),
+                    Some(Bytes::from(format!("v{i}"))),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert!(sets[0].records.iter().all(|r| r.producer_id == -1));
     }
 
     #[test]

@@ -103,3 +103,8 @@ const _: () = assert!(OUTBOX_MAX_BYTES >= MAX_PACKET_SIZE_BYTES);
 /// Kafka appends share one durable write); the packets come from bytes already read, so a run
 /// is also bounded by the read buffer.
 pub const PUBLISH_RUN_MAX: usize = 256;
+
+/// Payload and topic bytes of bridged publishes put in one Kafka record batch (publishes of one
+/// run to one partition share a batch). Well under the default `max.message.bytes` (1 MiB), so
+/// a batch is refused only when one publish alone is too large, and that publish fails alone.
+pub const BRIDGE_BATCH_MAX_BYTES: usize = 256 * 1024;

@@ -43,17 +43,17 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tracing::{debug, warn};
 
 use super::acl::{Action, Actor};
 use super::auth::VerifiedCache;
-use super::bridge::{self, BridgeRule};
+use super::bridge;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
-    MAX_SESSIONS_PER_SHARD, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_NEVER_EXPIRES_S,
-    SYS_INTERVAL_MS,
+    BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES,
+    SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
 };
 use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
@@ -629,66 +629,87 @@ impl<K: MqttKernel> MqttShard<K> {
 
     /// The Kafka record for `message` if a bridge rule matches its topic: the rule's topic,
     /// the partition of the MQTT topic (key hash) and the encoded batch.
-    pub fn bridge_record(
-        &self,
-        message: &Message,
-    ) -> Option<Result<(TopicPartition, Bytes), KernelError>> {
+    pub fn bridge_target(&self, message: &Message) -> Option<Result<TopicPartition, KernelError>> {
         let rule = self.config.bridge.for_mqtt_topic(&message.topic)?;
-        Some(self.encode_for(rule, message))
-    }
-
-    fn encode_for(
-        &self,
-        rule: &BridgeRule,
-        message: &Message,
-    ) -> Result<(TopicPartition, Bytes), KernelError> {
-        let partition_count = self
-            .kernel
-            .partition_count(&rule.topic)
-            .ok_or(KernelError::UnknownTopicOrPartition)?;
-        let now_ms = i64::try_from(self.kernel.now_ms()).unwrap_or(i64::MAX);
-        let records =
-            bridge::encode_message(message, now_ms).map_err(KernelError::CorruptMessage)?;
-        let partition = TopicPartition {
+        let Some(partition_count) = self.kernel.partition_count(&rule.topic) else {
+            return Some(Err(KernelError::UnknownTopicOrPartition));
+        };
+        Some(Ok(TopicPartition {
             topic: rule.topic.clone(),
             partition: bridge::partition_for_key(&message.topic, partition_count),
-        };
-        Ok((partition, records))
+        }))
     }
 
-    /// Appends bridged records (from `bridge_record`, in publish order) with one kernel call:
+    /// Appends bridged publishes (targets from `bridge_target`, in publish order) with one
+    /// kernel call: the publishes of one partition go in one record batch, in order (a batch is
+    /// cut at `BRIDGE_BATCH_MAX_BYTES` of payload, so one oversized publish fails alone).
     /// `durable` (some publish has QoS 1 or 2) waits as acks=-1 does, otherwise for the leader
-    /// write (acks=1, which keeps order). Answers one result per input, in order. Failures are
-    /// counted and logged at the 1st, 2nd, 4th, 8th... so a full disk does not flood the log.
+    /// write (acks=1, which keeps order). Answers one result per input, in order (a batch's
+    /// result for each of its publishes). Failures are counted and logged at the 1st, 2nd, 4th,
+    /// 8th... so a full disk does not flood the log.
     pub async fn append_to_kafka(
         &self,
-        inputs: Vec<Result<(TopicPartition, Bytes), KernelError>>,
+        inputs: Vec<Result<(TopicPartition, SharedMessage), KernelError>>,
         durable: bool,
     ) -> Vec<Result<(), KernelError>> {
         if inputs.is_empty() {
             return Vec::new();
         }
         let mut results: Vec<Result<(), KernelError>> = Vec::with_capacity(inputs.len());
-        let mut appends = Vec::with_capacity(inputs.len());
-        let mut slots = Vec::with_capacity(inputs.len());
-        for (index, input) in inputs.into_iter().enumerate() {
-            match input {
-                Ok(append) => {
-                    slots.push(index);
-                    appends.push(append);
-                    results.push(Ok(()));
+        // Per batch: its partition, its publishes' slots in `results`, its payload bytes.
+        let mut batches: Vec<(TopicPartition, Vec<usize>, usize)> = Vec::new();
+        let mut messages: Vec<Option<SharedMessage>> = Vec::with_capacity(inputs.len());
+        for (slot, input) in inputs.into_iter().enumerate() {
+            let (partition, message) = match input {
+                Ok(target) => target,
+                Err(e) => {
+                    results.push(Err(e));
+                    messages.push(None);
+                    continue;
                 }
-                Err(e) => results.push(Err(e)),
+            };
+            results.push(Ok(()));
+            let size_bytes = message.payload.len() + message.topic.len();
+            let open = batches.iter_mut().rev().find(|(p, _, _)| *p == partition);
+            match open {
+                Some((_, slots, bytes)) if *bytes + size_bytes <= BRIDGE_BATCH_MAX_BYTES => {
+                    slots.push(slot);
+                    *bytes += size_bytes;
+                }
+                _ => batches.push((partition, vec![slot], size_bytes)),
+            }
+            messages.push(Some(message));
+        }
+        let now_ms = i64::try_from(self.kernel.now_ms()).unwrap_or(i64::MAX);
+        let mut appends = Vec::with_capacity(batches.len());
+        let mut appended_slots = Vec::with_capacity(batches.len());
+        for (partition, slots, _) in batches {
+            let batch: Vec<&Message> = slots
+                .iter()
+                .filter_map(|slot| messages[*slot].as_deref())
+                .collect();
+            match bridge::encode_messages(&batch, now_ms) {
+                Ok(records) => {
+                    appends.push((partition, records));
+                    appended_slots.push(slots);
+                }
+                Err(e) => {
+                    for slot in slots {
+                        results[slot] = Err(KernelError::CorruptMessage(e.clone()));
+                    }
+                }
             }
         }
         if !appends.is_empty() {
             let appended = self.kernel.append(appends, durable).await;
-            for (slot, result) in slots.iter().zip(
+            for (slots, result) in appended_slots.iter().zip(
                 appended
                     .into_iter()
                     .chain(std::iter::repeat(Err(KernelError::ShuttingDown))),
             ) {
-                results[*slot] = result;
+                for slot in slots {
+                    results[*slot] = result.clone();
+                }
             }
         }
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
@@ -1214,9 +1235,10 @@ impl<K: MqttKernel> MqttShard<K> {
         self.kernel.spawn(Box::pin(async move {
             // A will a bridge rule matches is stored in Kafka first, like any publish; if that
             // fails it is not routed either (the failure is logged by `append_to_kafka`).
-            if let Some(record) = shard.bridge_record(&message) {
+            if let Some(target) = shard.bridge_target(&message) {
                 let durable = message.qos > 0;
-                let appended = shard.append_to_kafka(vec![record], durable).await;
+                let input = target.map(|partition| (partition, message.clone()));
+                let appended = shard.append_to_kafka(vec![input], durable).await;
                 if appended.iter().any(Result::is_err) {
                     return;
                 }

@@ -75,12 +75,12 @@ pub async fn handle_run<K: MqttKernel>(
         else {
             continue;
         };
-        match engine.bridge_record(message) {
+        match engine.bridge_target(message) {
             None => {}
-            Some(Ok(input)) => {
+            Some(Ok(partition)) => {
                 durable |= message.qos > 0;
                 *append = Some(appends.len());
-                appends.push(Ok(input));
+                appends.push(Ok((partition, message.clone())));
             }
             Some(Err(e)) => {
                 *append = Some(appends.len());

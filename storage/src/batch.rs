@@ -238,18 +238,7 @@ pub fn validate_batches(
     buf: &[u8],
     max_batch_bytes: usize,
 ) -> Result<Vec<BatchHeader>, BatchError> {
-    if buf.is_empty() {
-        return Err(BatchError::Empty);
-    }
-    let mut headers = Vec::new();
-    let mut position = 0usize;
-    while position < buf.len() {
-        let header = validate_one(&buf[position..], max_batch_bytes)?;
-        position += header.total_size_bytes();
-        headers.push(header);
-    }
-    assert_eq!(position, buf.len());
-    Ok(headers)
+    validate_each(buf, max_batch_bytes, validate_one)
 }
 
 /// Stored batches as a read returns them: each checked as `validate_stored_one` (compacted
@@ -258,13 +247,22 @@ pub fn validate_stored_batches(
     buf: &[u8],
     max_batch_bytes: usize,
 ) -> Result<Vec<BatchHeader>, BatchError> {
+    validate_each(buf, max_batch_bytes, validate_stored_one)
+}
+
+/// Checks the batches of `buf` back to back with `validate`; `buf` must not be empty.
+fn validate_each(
+    buf: &[u8],
+    max_batch_bytes: usize,
+    validate: fn(&[u8], usize) -> Result<BatchHeader, BatchError>,
+) -> Result<Vec<BatchHeader>, BatchError> {
     if buf.is_empty() {
         return Err(BatchError::Empty);
     }
     let mut headers = Vec::new();
     let mut position = 0usize;
     while position < buf.len() {
-        let header = validate_stored_one(&buf[position..], max_batch_bytes)?;
+        let header = validate(&buf[position..], max_batch_bytes)?;
         position += header.total_size_bytes();
         headers.push(header);
     }

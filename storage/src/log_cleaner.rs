@@ -154,56 +154,72 @@ enum GroupResult {
 }
 
 impl LogState {
-    /// Base offsets of the closed segments a pass would clean now, empty if none is due (the
-    /// same choice as `plan_compaction`, without needing open files).
-    fn compaction_candidates(&self, now_ms: i64) -> Vec<i64> {
-        if !self.config.cleanup_policy.compacts() {
-            return Vec::new();
-        }
+    /// The closed segments a pass may clean now, oldest first: below the high watermark, not
+    /// empty, and older than `min.compaction.lag.ms`.
+    fn cleanable_segments(&self, now_ms: i64) -> impl Iterator<Item = &Segment> + '_ {
         let lag_ms = self.config.min_compaction_lag_ms;
-        let first_dirty = self.cleaner.first_dirty_offset.max(self.log_start());
         let closed = &self.segments[..self.segments.len() - 1];
-        let cleanable: Vec<&Segment> = closed
-            .iter()
-            .take_while(|s| {
-                s.next_offset <= self.high_watermark
-                    && s.size_bytes > 0
-                    && (lag_ms == 0 || s.max_timestamp <= now_ms.saturating_sub(lag_ms))
-            })
-            .collect();
-        let total_bytes: u64 = cleanable.iter().map(|s| s.size_bytes).sum();
-        let dirty_bytes: u64 = cleanable
-            .iter()
-            .filter(|s| s.next_offset > first_dirty)
-            .map(|s| s.size_bytes)
-            .sum();
+        closed.iter().take_while(move |s| {
+            s.next_offset <= self.high_watermark
+                && s.size_bytes > 0
+                && (lag_ms == 0 || s.max_timestamp <= now_ms.saturating_sub(lag_ms))
+        })
+    }
+
+    /// Whether cleaning segments of these `(next_offset, size_bytes)` is due: enough dirty
+    /// bytes past `first_dirty` (`min.cleanable.dirty.ratio`), or a tombstone horizon passed.
+    fn compaction_due(
+        &self,
+        segments: impl Iterator<Item = (i64, u64)>,
+        first_dirty: i64,
+        now_ms: i64,
+    ) -> bool {
+        let (mut total_bytes, mut dirty_bytes) = (0u64, 0u64);
+        for (next_offset, size_bytes) in segments {
+            total_bytes += size_bytes;
+            if next_offset > first_dirty {
+                dirty_bytes += size_bytes;
+            }
+        }
         let ratio = self.config.min_cleanable_dirty_ratio;
         let dirty_due = dirty_bytes > 0 && dirty_bytes as f64 >= ratio * total_bytes as f64;
         let horizon_due = self
             .cleaner
             .delete_horizon_min_ms
             .is_some_and(|horizon| now_ms >= horizon);
-        if !(dirty_due || horizon_due) {
-            return Vec::new();
-        }
-        cleanable.iter().map(|s| s.base_offset).collect()
+        dirty_due || horizon_due
     }
 
-    /// The pass to run now, if the log is compacted and due.
+    fn first_dirty(&self) -> i64 {
+        self.cleaner.first_dirty_offset.max(self.log_start())
+    }
+
+    /// Base offsets of the closed segments a pass would clean now, empty if none is due (the
+    /// same choice as `plan_compaction`, without needing open files).
+    fn compaction_candidates(&self, now_ms: i64) -> Vec<i64> {
+        if !self.config.cleanup_policy.compacts() {
+            return Vec::new();
+        }
+        let sizes = self
+            .cleanable_segments(now_ms)
+            .map(|s| (s.next_offset, s.size_bytes));
+        if !self.compaction_due(sizes, self.first_dirty(), now_ms) {
+            return Vec::new();
+        }
+        self.cleanable_segments(now_ms)
+            .map(|s| s.base_offset)
+            .collect()
+    }
+
+    /// The pass to run now, if the log is compacted and due (over the leading cleanable
+    /// segments whose files are open).
     fn plan_compaction(&self, now_ms: i64) -> Option<CompactionPass> {
         if !self.config.cleanup_policy.compacts() {
             return None;
         }
-        let lag_ms = self.config.min_compaction_lag_ms;
-        let first_dirty = self.cleaner.first_dirty_offset.max(self.log_start());
-        let closed = &self.segments[..self.segments.len() - 1];
-        let segments: Vec<SegmentSnapshot> = closed
-            .iter()
-            .take_while(|s| {
-                s.next_offset <= self.high_watermark
-                    && s.size_bytes > 0
-                    && (lag_ms == 0 || s.max_timestamp <= now_ms.saturating_sub(lag_ms))
-            })
+        let first_dirty = self.first_dirty();
+        let segments: Vec<SegmentSnapshot> = self
+            .cleanable_segments(now_ms)
             .map_while(|s| {
                 Some(SegmentSnapshot {
                     base_offset: s.base_offset,
@@ -218,19 +234,8 @@ impl LogState {
                 })
             })
             .collect();
-        let total_bytes: u64 = segments.iter().map(|s| s.size_bytes).sum();
-        let dirty_bytes: u64 = segments
-            .iter()
-            .filter(|s| s.next_offset > first_dirty)
-            .map(|s| s.size_bytes)
-            .sum();
-        let ratio = self.config.min_cleanable_dirty_ratio;
-        let dirty_due = dirty_bytes > 0 && dirty_bytes as f64 >= ratio * total_bytes as f64;
-        let horizon_due = self
-            .cleaner
-            .delete_horizon_min_ms
-            .is_some_and(|horizon| now_ms >= horizon);
-        if segments.is_empty() || !(dirty_due || horizon_due) {
+        let sizes = segments.iter().map(|s| (s.next_offset, s.size_bytes));
+        if segments.is_empty() || !self.compaction_due(sizes, first_dirty, now_ms) {
             return None;
         }
         Some(CompactionPass {

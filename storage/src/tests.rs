@@ -35,18 +35,7 @@ impl Default for BatchSpec {
     }
 }
 
-pub(crate) fn put_varint(value: i64, out: &mut Vec<u8>) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    loop {
-        let byte = (zigzag & 0x7f) as u8;
-        zigzag >>= 7;
-        if zigzag == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
+pub(crate) use crate::records::write_varlong as put_varint;
 
 fn record(offset_delta: i32, value_bytes: usize) -> Vec<u8> {
     let mut body = vec![0u8]; // attributes

@@ -340,7 +340,7 @@ async fn flush_run<K: MqttKernel>(
     if run.is_empty() {
         return Ok(());
     }
-    handlers::publish::handle_run(connection, std::mem::take(run)).await
+    handlers::publish::handle_run(connection, run).await
 }
 
 /// Ends the connection for `end`: a protocol error sends the v5 DISCONNECT first.

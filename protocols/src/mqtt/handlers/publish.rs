@@ -28,7 +28,15 @@ pub async fn handle<K: MqttKernel>(
     connection: &Connection<K>,
     publish: Publish,
 ) -> Result<(), End> {
-    handle_run(connection, vec![publish]).await
+    if !connection.engine.config.bridge.is_empty() {
+        let mut run = vec![publish];
+        return handle_run(connection, &mut run).await;
+    }
+    // No bridge rules: no Kafka append to wait for, so no run to collect.
+    match prepare(connection, publish)? {
+        Some(step) => finish(connection, step, None).await,
+        None => Ok(()),
+    }
 }
 
 /// What to do with one PUBLISH of a run once the bridged appends are done.
@@ -50,16 +58,17 @@ enum Step {
 /// are appended to Kafka with one kernel call (one durable write covers them all), then every
 /// publish is routed and acknowledged in the order received. A protocol error ends the run:
 /// the publishes before it still take effect, then the connection closes.
+/// `publishes` is drained (its capacity kept for the next run).
 pub async fn handle_run<K: MqttKernel>(
     connection: &Connection<K>,
-    publishes: Vec<Publish>,
+    publishes: &mut Vec<Publish>,
 ) -> Result<(), End> {
     let engine = &connection.engine;
     let mut steps = Vec::with_capacity(publishes.len());
     let mut appends = Vec::new();
     let mut durable = false;
     let mut ended = None;
-    for publish in publishes {
+    for publish in publishes.drain(..) {
         match prepare(connection, publish) {
             Ok(Some(step)) => steps.push(step),
             // The session is gone (taken over): nothing to route or acknowledge.
@@ -90,63 +99,76 @@ pub async fn handle_run<K: MqttKernel>(
     }
     let results = engine.append_to_kafka(appends, durable).await;
     for step in steps {
-        let (message, pkid, append) = match step {
-            Step::AckOnly { pkid } => {
-                connection.link.write(|out| {
-                    codec::encode_ack(out, connection.level, codec::PUBREC, pkid, reason::SUCCESS)
-                });
-                continue;
-            }
-            Step::Denied { qos, pkid } => {
-                let level = connection.level;
-                // 3.1/3.1.1 have no way to say no: acknowledge, deliver nothing.
-                let code = if level.is_v5() {
-                    reason::NOT_AUTHORIZED
-                } else {
-                    reason::SUCCESS
-                };
-                let packet_type = match qos {
-                    1 => codec::PUBACK,
-                    2 => codec::PUBREC,
-                    _ => continue,
-                };
-                connection
-                    .link
-                    .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
-                continue;
-            }
+        let append = match &step {
             Step::Route {
-                message,
-                pkid,
-                append,
-            } => (message, pkid, append),
+                append: Some(index),
+                ..
+            } => results.get(*index),
+            _ => None,
         };
-        if let Some(Err(e)) = append.and_then(|index| results.get(index)) {
-            refuse(connection, &message, pkid, e)?;
-            continue;
-        }
-        let qos = message.qos;
-        let matched = engine
-            .publish(message)
-            .await
-            .map_err(|_| End::ServerClose)?;
-        let code = if matched {
-            reason::SUCCESS
-        } else {
-            reason::NO_MATCHING_SUBSCRIBERS
-        };
-        let level = connection.level;
-        match qos {
-            1 => connection
-                .link
-                .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
-            2 => connection
-                .link
-                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
-            _ => {}
-        }
+        finish(connection, step, append).await?;
     }
     ended.map_or(Ok(()), Err)
+}
+
+/// Routes and acknowledges one prepared PUBLISH, in the order received. `append`: the result
+/// of its Kafka append, for a bridged publish (a failed one is refused, not routed).
+async fn finish<K: MqttKernel>(
+    connection: &Connection<K>,
+    step: Step,
+    append: Option<&Result<(), KernelError>>,
+) -> Result<(), End> {
+    let level = connection.level;
+    let (message, pkid) = match step {
+        Step::AckOnly { pkid } => {
+            connection
+                .link
+                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, reason::SUCCESS));
+            return Ok(());
+        }
+        Step::Denied { qos, pkid } => {
+            // 3.1/3.1.1 have no way to say no: acknowledge, deliver nothing.
+            let code = if level.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            let packet_type = match qos {
+                1 => codec::PUBACK,
+                2 => codec::PUBREC,
+                _ => return Ok(()),
+            };
+            connection
+                .link
+                .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
+            return Ok(());
+        }
+        Step::Route { message, pkid, .. } => (message, pkid),
+    };
+    if let Some(Err(e)) = append {
+        return refuse(connection, &message, pkid, e);
+    }
+    let qos = message.qos;
+    let matched = connection
+        .engine
+        .publish(message)
+        .await
+        .map_err(|_| End::ServerClose)?;
+    let code = if matched {
+        reason::SUCCESS
+    } else {
+        reason::NO_MATCHING_SUBSCRIBERS
+    };
+    match qos {
+        1 => connection
+            .link
+            .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
+        2 => connection
+            .link
+            .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Checks one PUBLISH and makes its message; `None` when the session is gone.

@@ -21,7 +21,9 @@ use crate::constants::{
 use crate::{Membership, PartitionEntry, PartitionLogId, PartitionPayload};
 use bytes::{Bytes, BytesMut};
 use openraft::BasicNode;
-use rmq_storage::{validate_batches, BatchHeader, RECORD_BATCH_HEADER_BYTES};
+use rmq_storage::{
+    validate_batches, write_varlong as put_varint, BatchHeader, RECORD_BATCH_HEADER_BYTES,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
@@ -292,20 +294,6 @@ pub fn decode_membership(bytes: &[u8]) -> io::Result<Membership> {
         return Err(invalid_data("trailing bytes after membership"));
     }
     Membership::new(configs, nodes).map_err(|error| invalid_data(error.to_string()))
-}
-
-/// Kafka's zigzag varint.
-fn put_varint(value: i64, out: &mut Vec<u8>) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    loop {
-        let byte = (zigzag & 0x7f) as u8;
-        zigzag >>= 7;
-        if zigzag == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// Bounds-checked big-endian reads over untrusted bytes.

@@ -44,6 +44,7 @@ pub use log::{
     StorageEngine,
 };
 pub use log_manager::{probe_direct_io, LogManager};
+pub use records::write_varlong;
 
 /// A Kafka offset within one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

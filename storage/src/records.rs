@@ -59,7 +59,8 @@ fn read_varint(buf: &[u8], at: &mut usize) -> Result<i32, BatchError> {
     i32::try_from(value).map_err(|_| bad("varint out of i32 range"))
 }
 
-pub(crate) fn write_varlong(value: i64, out: &mut Vec<u8>) {
+/// Appends `value` as Kafka's zigzag base-128 varint (varlong; a varint is the same bytes).
+pub fn write_varlong(value: i64, out: &mut Vec<u8>) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     loop {
         let byte = (zigzag & 0x7f) as u8;

@@ -5,18 +5,16 @@
 use std::io::BufRead;
 
 use anyhow::{bail, Context};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Args;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 
 use super::client::{error_text, Client};
 use super::topic::partition_count;
-use rmq_protocols::mqtt::bridge::murmur2;
+use rmq_protocols::kafka::record_batch::murmur2;
+use rmq_protocols::kafka::record_batch::{encode_plain_batch, PlainRecord};
 
 /// Records per partition in one Produce request: 1,000 lines of up to 1 KiB stay near 1 MiB.
 const PRODUCE_BATCH_RECORDS: usize = 1_000;
@@ -40,36 +38,12 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
 }
 
 fn encode(records: &[(Option<Bytes>, Bytes)], now_ms: i64) -> anyhow::Result<Bytes> {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(index, (key, value))| {
-            let offset = i64::try_from(index).unwrap_or(i64::MAX);
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset,
-                // One batch needs offset - sequence constant; base sequence ends up -1.
-                sequence: i32::try_from(offset - 1).unwrap_or(i32::MAX),
-                timestamp: now_ms,
-                key: key.clone(),
-                value: Some(value.clone()),
-                headers: Default::default(),
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options)?;
-    Ok(buf.freeze())
+    let records = records.iter().map(|(key, value)| PlainRecord {
+        key: key.clone(),
+        value: Some(value.clone()),
+        headers: Default::default(),
+    });
+    Ok(encode_plain_batch(records, now_ms)?.freeze())
 }
 
 fn now_ms() -> i64 {

@@ -6,9 +6,8 @@
 //! Stored bytes are untrusted on the way back in: a record that does not decode is skipped.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
+use rmq_protocols::kafka::record_batch::{encode_plain_batch, PlainRecord};
 use rmq_protocols::kernel::{CommittedOffset, TopicPartition};
 
 /// Key schema version of an offset commit (Kafka's OffsetCommitKey v1).
@@ -110,37 +109,12 @@ fn decode_value(mut value: Bytes) -> Option<CommittedOffset> {
 
 /// One uncompressed RecordBatch v2 holding `records` (offsets assigned by the log on append).
 pub fn encode_batch(records: &[OffsetRecord], now_ms: i64) -> anyhow::Result<BytesMut> {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(index, r)| {
-            let offset = i64::try_from(index).unwrap_or(i64::MAX);
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset,
-                // The encoder keeps records in one batch while offset - sequence is constant;
-                // this makes the batch's base sequence -1 (no producer).
-                sequence: i32::try_from(offset - 1).unwrap_or(i32::MAX),
-                timestamp: now_ms,
-                key: Some(encode_key(&r.group_id, &r.partition)),
-                value: r.committed.as_ref().map(|c| encode_value(c, now_ms)),
-                headers: Default::default(),
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options)?;
-    Ok(buf)
+    let records = records.iter().map(|r| PlainRecord {
+        key: Some(encode_key(&r.group_id, &r.partition)),
+        value: r.committed.as_ref().map(|c| encode_value(c, now_ms)),
+        headers: Default::default(),
+    });
+    encode_plain_batch(records, now_ms)
 }
 
 /// The offset records in stored batches; undecodable batches or records are skipped and

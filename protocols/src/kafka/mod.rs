@@ -6,5 +6,6 @@ pub mod codec;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod record_batch;
 
 pub use connection::{serve_connection, ConnectionStats};

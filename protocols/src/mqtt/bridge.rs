@@ -20,13 +20,12 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 
 use super::codec::MessageProperties;
 use super::message::Message;
 use super::topic::{matches, valid_topic_filter, valid_topic_name};
+use crate::kafka::record_batch::{encode_plain_batch, murmur2, PlainRecord};
 
 /// Header every bridged MQTT publish carries (its QoS); also the origin marker.
 pub const HEADER_QOS: &str = "mqtt.qos";
@@ -124,39 +123,6 @@ impl BridgeRules {
     }
 }
 
-/// Kafka's `Utils.murmur2` (seed 0x9747b28c), as its default partitioner hashes keys.
-pub fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let length = data.len();
-    let mut h: u32 = SEED ^ (length as u32);
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
 /// The partition of `key` among `partition_count`: Kafka's `toPositive(murmur2(key)) % n`.
 pub fn partition_for_key(key: &str, partition_count: i32) -> i32 {
     let positive = murmur2(key.as_bytes()) & i32::MAX;
@@ -167,26 +133,14 @@ pub fn partition_for_key(key: &str, partition_count: i32) -> i32 {
 /// by the log on append; no producer id, so no idempotence: a retransmitted QoS 1 publish after
 /// a lost PUBACK may be appended twice, as MQTT QoS 1 allows).
 pub fn encode_messages(messages: &[&Message], now_ms: i64) -> Result<Bytes, String> {
-    let records: Vec<Record> = messages
-        .iter()
-        .enumerate()
-        .map(|(index, message)| {
-            let offset = i64::try_from(index).unwrap_or(i64::MAX);
-            record_of(message, offset, now_ms)
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options)
-        .map_err(|e| format!("cannot encode the bridged records: {e}"))?;
-    Ok(buf.freeze())
+    let records = messages.iter().map(|message| record_of(message));
+    encode_plain_batch(records, now_ms)
+        .map(BytesMut::freeze)
+        .map_err(|e| format!("cannot encode the bridged records: {e}"))
 }
 
-/// The Kafka record of `message` at `offset` within its batch.
-fn record_of(message: &Message, offset: i64, now_ms: i64) -> Record {
+/// The Kafka record of `message`.
+fn record_of(message: &Message) -> PlainRecord {
     let mut headers: kafka_protocol::indexmap::IndexMap<StrBytes, Option<Bytes>> =
         Default::default();
     let properties = &message.properties;
@@ -224,19 +178,7 @@ fn record_of(message: &Message, offset: i64, now_ms: i64) -> Record {
             Some(data.clone()),
         );
     }
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset,
-        // The encoder keeps records in one batch while offset - sequence is constant; this
-        // makes the batch's base sequence -1 (no producer).
-        sequence: i32::try_from(offset - 1).unwrap_or(i32::MAX),
-        timestamp: now_ms,
+    PlainRecord {
         key: Some(Bytes::copy_from_slice(message.topic.as_bytes())),
         value: Some(message.payload.clone()),
         headers,
@@ -325,6 +267,9 @@ pub fn decode_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
 
     fn rule(filter: &str, topic: &str) -> BridgeRule {
         BridgeRule::new(filter, topic, 4).expect("valid rule")

@@ -6,6 +6,7 @@ mod log_store_tests;
 
 use crate::runtime::GlommioRuntime;
 use openraft::AsyncRuntime;
+use rmq_storage::write_varlong as put_varint;
 use rmq_storage::{probe_direct_io, LogConfig, PartitionLog};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -49,19 +50,6 @@ async fn open_log(dir: &Path) -> Rc<PartitionLog> {
     PartitionLog::open(dir.to_path_buf(), log_config())
         .await
         .expect("open partition log")
-}
-
-fn put_varint(value: i64, out: &mut Vec<u8>) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    loop {
-        let byte = (zigzag & 0x7f) as u8;
-        zigzag >>= 7;
-        if zigzag == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// A produced RecordBatch v2 (base offset 0, no producer) with `records` records whose values

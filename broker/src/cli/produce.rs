@@ -13,7 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::client::{error_text, Client};
 use super::topic::partition_count;
-use rmq_protocols::kafka::record_batch::murmur2;
+use rmq_protocols::kafka::record_batch::partition_for_key;
 use rmq_protocols::kafka::record_batch::{encode_plain_batch, PlainRecord};
 
 /// Records per partition in one Produce request: 1,000 lines of up to 1 KiB stay near 1 MiB.
@@ -30,11 +30,6 @@ pub struct ProduceArgs {
     /// Send every record to this partition.
     #[arg(long, short = 'p')]
     pub partition: Option<i32>,
-}
-
-/// Kafka's default partition for a key: `toPositive(murmur2(key)) % partitions`.
-pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & i32::MAX) % partitions.max(1)
 }
 
 fn encode(records: &[(Option<Bytes>, Bytes)], now_ms: i64) -> anyhow::Result<Bytes> {
@@ -136,18 +131,4 @@ pub fn run(client: &mut Client, args: ProduceArgs) -> anyhow::Result<()> {
     produced += flush(client, &args.topic, &mut queued)?;
     eprintln!("produced {produced} records to {}", args.topic);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_land_on_the_java_clients_partitions() {
-        // Values from Kafka's own partitioner tests (Utils.murmur2).
-        assert_eq!(murmur2(b"21"), -973_932_308);
-        assert_eq!(murmur2(b"foobar"), -790_332_482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
-        assert_eq!(murmur2(b"abc"), 479_470_107);
-    }
 }

@@ -91,6 +91,12 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+/// Kafka's default partition of a key among `partition_count`: `toPositive(murmur2(key)) % n`,
+/// where Java producers put it.
+pub fn partition_for_key(key: &[u8], partition_count: i32) -> i32 {
+    (murmur2(key) & i32::MAX) % partition_count.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +136,24 @@ mod tests {
                 (2, Some(Bytes::from("k2")), Some(Bytes::from("v2")), 7, -1),
             ]
         );
+    }
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Vectors from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58_897_971
+        );
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+        for partitions in [1, 3, 16] {
+            let p = partition_for_key(b"sensors/a/b", partitions);
+            assert!((0..partitions).contains(&p));
+            assert_eq!(p, partition_for_key(b"sensors/a/b", partitions));
+        }
     }
 }

@@ -25,7 +25,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use super::codec::MessageProperties;
 use super::message::Message;
 use super::topic::{matches, valid_topic_filter, valid_topic_name};
-use crate::kafka::record_batch::{encode_plain_batch, murmur2, PlainRecord};
+use crate::kafka::record_batch::{encode_plain_batch, PlainRecord};
 
 /// Header every bridged MQTT publish carries (its QoS); also the origin marker.
 pub const HEADER_QOS: &str = "mqtt.qos";
@@ -121,12 +121,6 @@ impl BridgeRules {
     pub fn for_mqtt_topic(&self, topic: &str) -> Option<&BridgeRule> {
         self.rules.iter().find(|rule| matches(&rule.filter, topic))
     }
-}
-
-/// The partition of `key` among `partition_count`: Kafka's `toPositive(murmur2(key)) % n`.
-pub fn partition_for_key(key: &str, partition_count: i32) -> i32 {
-    let positive = murmur2(key.as_bytes()) & i32::MAX;
-    positive % partition_count.max(1)
 }
 
 /// One uncompressed RecordBatch v2 with one record per message, in order (offsets are assigned
@@ -311,25 +305,6 @@ mod tests {
         assert_eq!(topic_of("sensors"), Some("sensors"));
         assert_eq!(topic_of("other/a"), None);
         assert_eq!(topic_of("$SYS/sensors"), None);
-    }
-
-    #[test]
-    fn murmur2_matches_kafka() {
-        // Vectors from Kafka's UtilsTest.testMurmur2.
-        assert_eq!(murmur2(b"21"), -973_932_308);
-        assert_eq!(murmur2(b"foobar"), -790_332_482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58_897_971
-        );
-        assert_eq!(murmur2(b"abc"), 479_470_107);
-        for partitions in [1, 3, 16] {
-            let p = partition_for_key("sensors/a/b", partitions);
-            assert!((0..partitions).contains(&p));
-            assert_eq!(p, partition_for_key("sensors/a/b", partitions));
-        }
     }
 
     #[test]

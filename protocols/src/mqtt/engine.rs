@@ -62,6 +62,7 @@ use super::session::{DeliverOutcome, LinkOut, Outgoing, QueueLimit, Session, Sub
 use super::shared::{self, FilterKind, SharedGroup};
 use super::topic_alias::TopicAliases;
 use super::trie::SubscriptionTrie;
+use crate::kafka::record_batch::partition_for_key;
 use crate::kernel::{KernelError, TopicPartition};
 
 /// What an interest change is about.
@@ -636,7 +637,7 @@ impl<K: MqttKernel> MqttShard<K> {
         };
         Some(Ok(TopicPartition {
             topic: rule.topic.clone(),
-            partition: bridge::partition_for_key(&message.topic, partition_count),
+            partition: partition_for_key(message.topic.as_bytes(), partition_count),
         }))
     }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use rmq_protocols::mqtt::acl::{Acl, AclRuleSpec};
 use rmq_protocols::mqtt::auth::PasswordFile;
 use rmq_protocols::mqtt::bridge::{BridgeRule, BridgeRules};
-use rmq_protocols::mqtt::constants::MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT;
+use rmq_protocols::mqtt::constants::{
+    MAX_QUEUED_MESSAGES_PER_SESSION_LIMIT, STATE_FLUSH_INTERVAL_MS_MAX, STATE_FLUSH_INTERVAL_MS_MIN,
+};
 use rmq_protocols::mqtt::MqttConfig;
 use serde::Deserialize;
 
@@ -57,7 +59,8 @@ pub struct Cli {
     pub node_id: Option<i32>,
     /// TOML file with the same keys as these flags (snake_case) plus broker settings such as
     /// auto_create_topics_enable, num_partitions, socket_request_max_bytes, an [mqtt] table
-    /// (max_keep_alive_s, allow_anonymous, password_file, [[mqtt.acl]] rules), and MQTT <->
+    /// (max_keep_alive_s, max_queued_messages, state_flush_interval_ms, allow_anonymous,
+    /// password_file, [[mqtt.acl]] rules), and MQTT <->
     /// Kafka bridge rules: [[bridge.mqtt_to_kafka]] with filter = "sensors/#",
     /// topic = "sensors", partitions = N (see README).
     #[arg(long, value_name = "FILE")]
@@ -128,6 +131,10 @@ pub struct MqttFileConfig {
     pub password_file: Option<PathBuf>,
     /// `[[mqtt.acl]]` rules, evaluated in order, first match wins, default allow.
     pub acl: Option<Vec<MqttAclFileRule>>,
+    /// How often changed persistent sessions and retained messages are written to the
+    /// internal `__mqtt_state` topic, 10..=60000 ms. Default 200. A crash loses at most this
+    /// window of changes; a clean shutdown loses none.
+    pub state_flush_interval_ms: Option<u64>,
 }
 
 /// One `[[mqtt.acl]]` rule (see `rmq_protocols::mqtt::acl`).
@@ -299,6 +306,15 @@ fn mqtt_config(file: MqttFileConfig) -> anyhow::Result<MqttConfig> {
     if let Some(allow_anonymous) = file.allow_anonymous {
         config.allow_anonymous = allow_anonymous;
     }
+    if let Some(interval_ms) = file.state_flush_interval_ms {
+        if !(STATE_FLUSH_INTERVAL_MS_MIN..=STATE_FLUSH_INTERVAL_MS_MAX).contains(&interval_ms) {
+            bail!(
+                "mqtt.state_flush_interval_ms must be between {STATE_FLUSH_INTERVAL_MS_MIN} and \
+                 {STATE_FLUSH_INTERVAL_MS_MAX}"
+            );
+        }
+        config.state_flush_interval_ms = interval_ms;
+    }
     if let Some(path) = &file.password_file {
         let users = PasswordFile::load(path).map_err(anyhow::Error::msg)?;
         config.password_file = Some(Arc::new(users));
@@ -455,6 +471,22 @@ mod tests {
             mqtt_config(MqttFileConfig::default()).expect("default"),
             MqttConfig::default()
         );
+    }
+
+    #[test]
+    fn mqtt_state_flush_interval_is_read_and_bounded() {
+        let file = toml::from_str::<FileConfig>("[mqtt]\nstate_flush_interval_ms = 1000\n")
+            .expect("parses");
+        let config = mqtt_config(file.mqtt.unwrap_or_default()).expect("valid");
+        assert_eq!(config.state_flush_interval_ms, 1_000);
+        for bad in [0, 9, 60_001] {
+            let file = MqttFileConfig {
+                state_flush_interval_ms: Some(bad),
+                ..MqttFileConfig::default()
+            };
+            let err = mqtt_config(file).expect_err("out of range");
+            assert!(err.to_string().contains("state_flush_interval_ms"), "{err}");
+        }
     }
 
     #[test]

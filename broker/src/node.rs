@@ -52,6 +52,8 @@ struct ShardStart {
     metrics: Arc<Vec<Arc<ShardMetrics>>>,
     ready: std::sync::mpsc::Sender<Result<(u16, SocketAddr), String>>,
     shutdown: flume::Receiver<()>,
+    /// Shards that wrote their MQTT state at shutdown (see `mqtt::state`).
+    mqtt_state_written: Arc<AtomicUsize>,
 }
 
 /// The bounded channels between every ordered pair of shards, built before any executor runs.
@@ -157,6 +159,7 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         metadata,
         mesh: Arc::new(Mesh::new(config.cores)),
         next_shard_id: Arc::new(AtomicUsize::new(0)),
+        mqtt_state_written: Arc::new(AtomicUsize::new(0)),
         bound: Arc::new((Mutex::new(None), Condvar::new())),
         mqtt_bound: mqtt_bound.clone(),
         mqtt_ws_bound: mqtt_ws_bound.clone(),
@@ -289,8 +292,12 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     // broadcast that creating the topic waits for.
     if id.0 == 0 {
         ensure_offsets_topic(&shard).await?;
+        mqtt::state::ensure_topic(&shard).await?;
         mqtt::bridge::ensure_topics(&shard).await?;
     }
+    // Before the ready line: a client that connects after it finds its session and retained
+    // messages.
+    mqtt::state::restore(&shard).await?;
     // Before the ready line: a record produced after it is routed to MQTT subscribers.
     mqtt::bridge::start_tailers(&shard).await?;
     let bound = listener
@@ -310,6 +317,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     drop(accept);
     drop(mqtt_accept);
     drop(mqtt_ws_accept);
+    mqtt::state::write_at_shutdown(&shard, &start.mqtt_state_written, start.config.cores).await;
     drain(&shard).await;
     shard.logs.close_all().await.context("closing logs")?;
     info!(shard = id.0, "shard stopped");

@@ -9,6 +9,7 @@
 
 pub mod bridge;
 pub mod listener;
+pub mod state;
 pub mod websocket;
 
 use std::cell::RefCell;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rmq_protocols::kernel::{Acks, Kernel, KernelError, ProduceInput, TopicPartition};
+use rmq_protocols::mqtt::persist::StateRecord;
 use rmq_protocols::mqtt::{MeshClosed, MqttKernel, MqttShard, ShardMessage};
 
 use crate::constants::BRIDGE_APPEND_TIMEOUT_MS;
@@ -98,6 +100,10 @@ impl MqttKernel for BrokerMqttKernel {
             .into_iter()
             .map(|result| result.map(|_| ()))
             .collect()
+    }
+
+    async fn state_append(&self, records: Vec<StateRecord>) -> Result<(), KernelError> {
+        state::append(&self.shard, records).await
     }
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use super::acl::Acl;
 use super::auth::PasswordFile;
 use super::bridge::BridgeRules;
-use super::constants::{DEFAULT_MAX_KEEP_ALIVE_S, MAX_QUEUED_MESSAGES_PER_SESSION};
+use super::constants::{
+    DEFAULT_MAX_KEEP_ALIVE_S, DEFAULT_STATE_FLUSH_INTERVAL_MS, MAX_QUEUED_MESSAGES_PER_SESSION,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MqttConfig {
@@ -29,6 +31,9 @@ pub struct MqttConfig {
     /// `[[bridge.mqtt_to_kafka]]` rules: publishes they match are appended to Kafka topics,
     /// and records Kafka clients produce there are routed to MQTT subscribers (see `bridge`).
     pub bridge: BridgeRules,
+    /// How often changed persistent sessions and retained messages are written to
+    /// `__mqtt_state` (see `persist`); a crash loses at most this window of changes.
+    pub state_flush_interval_ms: u64,
 }
 
 impl Default for MqttConfig {
@@ -40,6 +45,7 @@ impl Default for MqttConfig {
             password_file: None,
             acl: Arc::new(Acl::default()),
             bridge: BridgeRules::default(),
+            state_flush_interval_ms: DEFAULT_STATE_FLUSH_INTERVAL_MS,
         }
     }
 }

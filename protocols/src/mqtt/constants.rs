@@ -108,3 +108,14 @@ pub const PUBLISH_RUN_MAX: usize = 256;
 /// run to one partition share a batch). Well under the default `max.message.bytes` (1 MiB), so
 /// a batch is refused only when one publish alone is too large, and that publish fails alone.
 pub const BRIDGE_BATCH_MAX_BYTES: usize = 256 * 1024;
+
+/// Largest session image written to `__mqtt_state` (see `persist`): past it the newest queued
+/// messages of that session are left out of the image (logged). 10,000 queued 1 KiB messages
+/// fit; the internal topic accepts batches of up to 64 MiB.
+pub const SESSION_IMAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Default of `mqtt.state_flush_interval_ms`: how long a change of a persistent session or a
+/// retained message may wait before it is written (a crash loses at most this window).
+pub const DEFAULT_STATE_FLUSH_INTERVAL_MS: u64 = 200;
+/// Bounds of `mqtt.state_flush_interval_ms`.
+pub const STATE_FLUSH_INTERVAL_MS_MIN: u64 = 10;
+pub const STATE_FLUSH_INTERVAL_MS_MAX: u64 = 60_000;

@@ -29,13 +29,17 @@
 //!   `MIGRATION_DEDUP_WINDOW_MS`. Closing the gap needs the old shard to forward until the new
 //!   shard's interest is acknowledged.
 //! - `retained`: the retained store, used on shard 0 only (see `retained`).
+//! - persistence (see `persist`): persistent sessions changed since the last write
+//!   (`SessionEntry::state_dirty`), ended ones (`ended_sessions`) and changed retained topics
+//!   (`retained_dirty`) are written by `write_state` every `mqtt.state_flush_interval_ms`;
+//!   `restore_state` installs them at startup on the client id's registry shard.
 //!
 //! Concurrency contract: one thread; `state` is borrowed only in synchronous sections, never
 //! across an await.
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -43,7 +47,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
 
 use super::acl::{Action, Actor};
@@ -53,10 +57,11 @@ use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
     BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES,
-    SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
+    SESSION_IMAGE_MAX_BYTES, SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
 };
 use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
+use super::persist::{self, StateKey, StateRecord};
 use super::retained::{RetainOutcome, RetainedStore};
 use super::session::{DeliverOutcome, LinkOut, Outgoing, QueueLimit, Session, Subscription};
 use super::shared::{self, FilterKind, SharedGroup};
@@ -245,6 +250,21 @@ struct SessionEntry {
     /// The username of the connection last attached: `[[mqtt.acl]]` subscribe rules are
     /// checked against it for every message delivered (also while offline).
     username: Option<Rc<str>>,
+    /// Changed since its image was last written to `__mqtt_state` (persistent sessions only).
+    state_dirty: bool,
+    /// An image of it may be in `__mqtt_state`: its end must be written (a tombstone).
+    persisted: bool,
+    /// When its last connection ended (wall-clock ms), for the expiry after a restart.
+    offline_since_ms: u64,
+}
+
+impl SessionEntry {
+    /// Marks a persistent session for the next state write (`persist`).
+    fn touch(&mut self) {
+        if self.session.expiry_s > 0 {
+            self.state_dirty = true;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -257,6 +277,12 @@ struct State {
     interest_seq_in: Vec<u64>,
     registry: HashMap<String, u16>,
     retained: RetainedStore,
+    /// Ended sessions whose image must be deleted from `__mqtt_state` (tombstones); at most
+    /// one entry per client id, so bounded by the sessions that ended in one write interval.
+    ended_sessions: HashSet<Rc<str>>,
+    /// Retained topics changed since the last state write (shard 0); at most one entry per
+    /// topic.
+    retained_dirty: HashSet<String>,
 }
 
 /// The latest state of one (filter, route) not yet broadcast, and who waits for it.
@@ -288,6 +314,8 @@ pub struct Stats {
     pub bytes_sent: Cell<u64>,
     /// MQTT publishes a bridge rule matched that could not be appended to Kafka.
     pub bridge_append_failures: Cell<u64>,
+    /// Records written to `__mqtt_state` (see `persist`).
+    pub state_records_written: Cell<u64>,
 }
 
 /// The counters of one shard, or their sum over the node.
@@ -355,6 +383,35 @@ pub struct MqttShard<K: MqttKernel> {
     /// Password checks running or queued on this shard (at most
     /// `auth::MAX_PENDING_PASSWORD_CHECKS`).
     pub pending_password_checks: Cell<usize>,
+    /// One state write at a time (`write_state`).
+    state_write_turn: Turn,
+}
+
+/// A single-threaded lock for one task at a time across awaits. `Notify` keeps one waker, so
+/// it serves two contenders: the periodic state writer and the final write at shutdown.
+#[derive(Default)]
+struct Turn {
+    busy: Cell<bool>,
+    released: Notify,
+}
+
+/// Held while a task has the turn.
+struct TurnGuard<'a>(&'a Turn);
+
+impl Turn {
+    async fn take(&self) -> TurnGuard<'_> {
+        while self.busy.replace(true) {
+            self.released.notified().await;
+        }
+        TurnGuard(self)
+    }
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+        self.0.released.notify();
+    }
 }
 
 /// The shard that owns `client_id` in the registry.
@@ -382,6 +439,7 @@ impl<K: MqttKernel> MqttShard<K> {
             stats: Stats::default(),
             verified_logins: VerifiedCache::default(),
             pending_password_checks: Cell::new(0),
+            state_write_turn: Turn::default(),
         });
         let broadcaster = shard.clone();
         shard.kernel.spawn(Box::pin(
@@ -528,6 +586,7 @@ impl<K: MqttKernel> MqttShard<K> {
         let Some(entry) = state.sessions.get_mut(client) else {
             return (false, None);
         };
+        entry.touch();
         let is_new = entry
             .session
             .subscriptions
@@ -576,6 +635,7 @@ impl<K: MqttKernel> MqttShard<K> {
         let Some(entry) = state.sessions.get_mut(client) else {
             return (false, None);
         };
+        entry.touch();
         if entry.session.subscriptions.remove(filter).is_none() {
             return (false, None);
         }
@@ -904,9 +964,12 @@ impl<K: MqttKernel> MqttShard<K> {
 
     fn retain_here(&self, message: SharedMessage) {
         let topic = message.topic.clone();
-        if self.state.borrow_mut().retained.set(message) == RetainOutcome::Full {
+        let mut state = self.state.borrow_mut();
+        if state.retained.set(message) == RetainOutcome::Full {
             warn!(topic = %topic, "retained store full; message not retained");
+            return;
         }
+        state.retained_dirty.insert(topic);
     }
 
     /// Retained messages matching `filter` (from shard 0's store).
@@ -974,6 +1037,9 @@ impl<K: MqttKernel> MqttShard<K> {
         {
             let mut state = self.state.borrow_mut();
             let existing = state.sessions.remove(client_id);
+            // A session of this id existed (here or elsewhere): an image of it may be stored,
+            // and this shard now writes that key (see `persist`).
+            let persisted = previous.is_some() || existing.is_some();
             let mut session = None;
             if let Some(old) = existing {
                 if let Some(link) = &old.link {
@@ -1009,16 +1075,21 @@ impl<K: MqttKernel> MqttShard<K> {
                     "session limit reached on this shard"
                 );
             }
-            state.sessions.insert(
-                client_id.clone(),
-                SessionEntry {
-                    session,
-                    link: None,
-                    generation,
-                    pending_will: None,
-                    username: None,
-                },
-            );
+            if persisted && expiry_s == 0 {
+                state.ended_sessions.insert(client_id.clone());
+            }
+            let mut entry = SessionEntry {
+                session,
+                link: None,
+                generation,
+                pending_will: None,
+                username: None,
+                state_dirty: false,
+                persisted,
+                offline_since_ms: 0,
+            };
+            entry.touch();
+            state.sessions.insert(client_id.clone(), entry);
         }
         for waiter in waiters {
             let _ = waiter.recv_async().await;
@@ -1068,6 +1139,7 @@ impl<K: MqttKernel> MqttShard<K> {
         entry.link = Some(link.clone());
         entry.pending_will = None;
         entry.username = username.map(Rc::from);
+        entry.touch();
         let session = &mut entry.session;
         link.with_out(|out| session.resend(out, now));
         true
@@ -1085,6 +1157,7 @@ impl<K: MqttKernel> MqttShard<K> {
         if entry.generation != generation {
             return None;
         }
+        entry.touch();
         let session = &mut entry.session;
         Some(match &entry.link {
             Some(link) if !link.is_closing() => link.with_out(|out| f(session, Some(out))),
@@ -1119,10 +1192,15 @@ impl<K: MqttKernel> MqttShard<K> {
         };
         entry.link = None;
         entry.session.expiry_s = session_expiry_s;
+        entry.offline_since_ms = self.kernel.now_ms();
+        entry.touch();
         if session_expiry_s == 0 {
             let entry = state.sessions.remove(client);
             if let Some(entry) = entry {
                 self.drop_subscriptions(&mut state, client, &entry.session);
+                if entry.persisted {
+                    state.ended_sessions.insert(client.clone());
+                }
             }
             drop(state);
             self.release(client);
@@ -1187,6 +1265,9 @@ impl<K: MqttKernel> MqttShard<K> {
                     return;
                 };
                 shard.drop_subscriptions(&mut state, &client, &entry.session);
+                if entry.persisted {
+                    state.ended_sessions.insert(client.clone());
+                }
                 entry.pending_will
             };
             debug!(client = %client, "session expired");
@@ -1396,6 +1477,250 @@ impl<K: MqttKernel> MqttShard<K> {
         self.drop_subscriptions(&mut state, &client, &entry.session);
         (!clean_start).then_some(entry.session)
     }
+
+    // ------------------------------------------------------------ persistence
+
+    /// The records of every persistent session and retained topic changed since the last
+    /// call, and the keys they cover (to mark again if the write fails). See `persist`.
+    fn take_state_changes(&self) -> Vec<StateRecord> {
+        let mut state = self.state.borrow_mut();
+        let mut records = Vec::new();
+        let ended = std::mem::take(&mut state.ended_sessions);
+        for client in ended {
+            // Ended and begun again since: the new session's image is written below.
+            if state
+                .sessions
+                .get(&client)
+                .is_some_and(|e| e.session.expiry_s > 0)
+            {
+                continue;
+            }
+            records.push(StateRecord {
+                key: persist::session_key(&client),
+                value: None,
+            });
+        }
+        for (client, entry) in state.sessions.iter_mut() {
+            if !std::mem::take(&mut entry.state_dirty) || entry.session.expiry_s == 0 {
+                continue;
+            }
+            let offline_since_ms = if entry.link.is_some() {
+                0
+            } else {
+                entry.offline_since_ms.max(1)
+            };
+            let (value, left_out) = entry.session.encode_image(
+                offline_since_ms,
+                entry.username.as_deref(),
+                SESSION_IMAGE_MAX_BYTES,
+            );
+            if left_out > 0 {
+                warn!(
+                    client = %client,
+                    left_out,
+                    limit_bytes = SESSION_IMAGE_MAX_BYTES,
+                    "session image too large: newest queued messages not stored"
+                );
+            }
+            entry.persisted = true;
+            records.push(StateRecord {
+                key: persist::session_key(client),
+                value: Some(value),
+            });
+        }
+        let topics = std::mem::take(&mut state.retained_dirty);
+        for topic in topics {
+            let value = state
+                .retained
+                .get(&topic)
+                .map(|message| persist::encode_retained(message));
+            records.push(StateRecord {
+                key: persist::retained_key(&topic),
+                value,
+            });
+        }
+        records
+    }
+
+    /// Marks the keys of records that could not be written, for the next write.
+    fn restore_state_changes(&self, records: &[StateRecord]) {
+        let mut state = self.state.borrow_mut();
+        for record in records {
+            match persist::parse_key(&record.key) {
+                Some(StateKey::Retained(topic)) => {
+                    state.retained_dirty.insert(topic.to_string());
+                }
+                Some(StateKey::Session(client)) => match state.sessions.get_mut(client) {
+                    Some(entry) => entry.state_dirty = true,
+                    None => {
+                        state.ended_sessions.insert(Rc::from(client));
+                    }
+                },
+                None => {}
+            }
+        }
+    }
+
+    /// Writes what changed since the last write as one durable append. Serialized: a write
+    /// starts after the previous one ended, so the log holds each key's changes in order.
+    /// Returns how many records were written.
+    pub async fn write_state(&self) -> Result<usize, KernelError> {
+        let _turn = self.state_write_turn.take().await;
+        let records = self.take_state_changes();
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let count = records.len();
+        match self.kernel.state_append(records.clone()).await {
+            Ok(()) => {
+                bump(&self.stats.state_records_written, count as u64);
+                Ok(count)
+            }
+            Err(e) => {
+                self.restore_state_changes(&records);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the state every `mqtt.state_flush_interval_ms` until the node stops accepting.
+    pub fn spawn_state_writer(self: &Rc<Self>) {
+        let shard = self.clone();
+        let interval = Duration::from_millis(self.config.state_flush_interval_ms);
+        self.kernel.spawn(Box::pin(async move {
+            let mut failing = false;
+            while shard.kernel.accepting() {
+                shard.kernel.sleep(interval).await;
+                match shard.write_state().await {
+                    Ok(_) if failing => {
+                        failing = false;
+                        warn!("MQTT state written again");
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        warn!(error = %e, "cannot write MQTT state; retrying every interval");
+                    }
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+
+    /// Installs the state read back from `__mqtt_state` at startup (latest value per key):
+    /// shard 0 takes the retained messages, each shard the sessions whose client id its
+    /// registry owns, with their subscriptions routed on every shard before this returns.
+    /// A session whose expiry passed while the node was down ends (a tombstone is written);
+    /// undecodable values are skipped and counted.
+    pub async fn restore_state(self: &Rc<Self>, records: &[(Bytes, Bytes)]) -> RestoredState {
+        let me = self.shard_id();
+        let shard_count = self.kernel.shard_count();
+        let now = self.kernel.now_ms();
+        let mut restored = RestoredState::default();
+        let mut waiters = Vec::new();
+        let mut expiries = Vec::new();
+        {
+            let mut state = self.state.borrow_mut();
+            for (key, value) in records {
+                match persist::parse_key(key) {
+                    Some(StateKey::Retained(_)) if me == 0 => {
+                        let id = self.next_message_id();
+                        match persist::decode_retained(value.clone(), id) {
+                            Some(message) if message.is_expired(now) => {
+                                state.retained_dirty.insert(message.topic.clone());
+                            }
+                            Some(message) => {
+                                if state.retained.set(message) == RetainOutcome::Stored {
+                                    restored.retained += 1;
+                                }
+                            }
+                            None => restored.skipped += 1,
+                        }
+                    }
+                    Some(StateKey::Session(client))
+                        if registry_shard(client, shard_count) == me =>
+                    {
+                        let Some(image) =
+                            Session::decode_image(value.clone(), || self.next_message_id())
+                        else {
+                            restored.skipped += 1;
+                            continue;
+                        };
+                        let client: Rc<str> = Rc::from(client);
+                        let offline_since_ms = match image.disconnected_at_ms {
+                            0 => now,
+                            at => at,
+                        };
+                        let mut session = image.session;
+                        let mut left_s = session.expiry_s;
+                        if session.expiry_s != SESSION_NEVER_EXPIRES_S {
+                            let away_s = now.saturating_sub(offline_since_ms) / 1000;
+                            let expiry_s = u64::from(session.expiry_s);
+                            if away_s >= expiry_s {
+                                state.ended_sessions.insert(client);
+                                restored.expired += 1;
+                                continue;
+                            }
+                            left_s = u32::try_from(expiry_s - away_s).unwrap_or(u32::MAX);
+                        }
+                        session.queue_limit = QueueLimit(self.config.max_queued_messages);
+                        let generation = self.next_generation.get() + 1;
+                        self.next_generation.set(generation);
+                        for (filter, subscription) in &session.subscriptions {
+                            waiters.extend(self.add_route(
+                                &mut state,
+                                &client,
+                                filter,
+                                subscription.clone(),
+                                true,
+                            ));
+                        }
+                        restored.queued_messages += session.queued() + session.inflight();
+                        state.registry.insert(client.to_string(), me);
+                        state.sessions.insert(
+                            client.clone(),
+                            SessionEntry {
+                                session,
+                                link: None,
+                                generation,
+                                pending_will: None,
+                                username: image.username.map(Rc::from),
+                                state_dirty: false,
+                                persisted: true,
+                                offline_since_ms,
+                            },
+                        );
+                        if left_s != SESSION_NEVER_EXPIRES_S {
+                            expiries.push((client, generation, left_s));
+                        }
+                        restored.sessions += 1;
+                    }
+                    Some(_) => {}
+                    None => restored.skipped += 1,
+                }
+            }
+        }
+        for (client, generation, left_s) in expiries {
+            self.schedule_expiry(client, generation, left_s);
+        }
+        for waiter in waiters {
+            let _ = waiter.recv_async().await;
+        }
+        restored
+    }
+}
+
+/// What `restore_state` installed on one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoredState {
+    pub retained: usize,
+    pub sessions: usize,
+    /// In-flight and queued messages of the restored sessions.
+    pub queued_messages: usize,
+    /// Sessions whose expiry passed while the node was down.
+    pub expired: usize,
+    /// Records that did not decode.
+    pub skipped: usize,
 }
 
 /// Applies an interest change of shard `origin` to this shard's copy of the routing tries.
@@ -1429,6 +1754,9 @@ fn apply_interest(state: &mut State, origin: u16, filter: &str, route: &Route, p
 }
 
 fn deliver_to_entry(entry: &mut SessionEntry, outgoing: Outgoing, now: u64) -> DeliverOutcome {
+    if outgoing.qos > 0 {
+        entry.touch();
+    }
     let session = &mut entry.session;
     match &entry.link {
         Some(link) if !link.is_closing() => {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::engine::ShardMessage;
+use super::persist::StateRecord;
 use crate::kernel::{KernelError, TopicPartition};
 
 /// The other shard's queue is gone (the node is shutting down).
@@ -50,4 +51,10 @@ pub trait MqttKernel: 'static {
         inputs: Vec<(TopicPartition, Bytes)>,
         durable: bool,
     ) -> impl Future<Output = Vec<Result<(), KernelError>>>;
+    /// Appends `records` to the internal `__mqtt_state` topic, in order, and resolves once
+    /// they are durable (see `persist`).
+    fn state_append(
+        &self,
+        records: Vec<StateRecord>,
+    ) -> impl Future<Output = Result<(), KernelError>>;
 }

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod handlers;
 pub mod kernel;
 pub mod message;
+pub mod persist;
 pub mod retained;
 pub mod session;
 pub mod shared;

@@ -46,6 +46,11 @@ impl RetainedStore {
         RetainOutcome::Stored
     }
 
+    /// The retained message of `topic`, if any.
+    pub fn get(&self, topic: &str) -> Option<&SharedMessage> {
+        self.messages.get(topic)
+    }
+
     /// Retained messages whose topic matches `filter`, expired ones removed.
     pub fn matching(&mut self, filter: &str, now_ms: u64) -> Vec<SharedMessage> {
         self.messages.retain(|_, m| !m.is_expired(now_ms));

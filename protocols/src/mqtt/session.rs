@@ -13,13 +13,14 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::codec::{self, OutgoingPublish, ProtocolLevel};
 use super::constants::{
     MAX_DEDUP_IDS_PER_SESSION, MAX_INFLIGHT_PER_SESSION, MAX_QUEUED_MESSAGES_PER_SESSION,
 };
 use super::message::SharedMessage;
+use super::persist::{read_outgoing, write_outgoing, Reader, Writer, STATE_FORMAT_VERSION};
 use super::topic_alias::{AliasUse, TopicAliases};
 
 /// Options of one subscription (a filter of one session).
@@ -344,6 +345,128 @@ impl Session {
     }
 }
 
+/// A session as `persist` stores it, with what the engine keeps beside it.
+#[derive(Debug)]
+pub struct SessionImage {
+    pub session: Session,
+    /// When its client went away (wall-clock ms); 0 if it was connected when written.
+    pub disconnected_at_ms: u64,
+    /// The username of its last connection (ACL checks while offline).
+    pub username: Option<String>,
+}
+
+impl Session {
+    /// The state a restart must keep (see `persist`): expiry, subscriptions, packet ids, the
+    /// inbound QoS 2 ids awaiting PUBREL, the in-flight messages and as much of the queue as
+    /// fits in `max_bytes` (oldest first). Returns the value and how many queued messages did
+    /// not fit.
+    pub fn encode_image(
+        &self,
+        disconnected_at_ms: u64,
+        username: Option<&str>,
+        max_bytes: usize,
+    ) -> (Bytes, usize) {
+        let mut buf = BytesMut::with_capacity(256);
+        let mut w = Writer(&mut buf);
+        w.u8(STATE_FORMAT_VERSION);
+        w.u32(self.expiry_s);
+        w.u64(disconnected_at_ms);
+        w.opt_str(username);
+        w.u16(self.next_pkid);
+        w.len(self.subscriptions.len());
+        for (filter, sub) in &self.subscriptions {
+            w.str(filter);
+            w.u8(sub.qos);
+            w.u8(u8::from(sub.no_local) | (u8::from(sub.retain_as_published) << 1));
+            w.opt_u32(sub.subscription_id);
+        }
+        w.len(self.inbound_qos2.len());
+        for pkid in &self.inbound_qos2 {
+            w.u16(*pkid);
+        }
+        w.len(self.inflight.len());
+        for inflight in &self.inflight {
+            w.u16(inflight.pkid);
+            w.u8(match inflight.state {
+                Awaiting::Ack => 0,
+                Awaiting::Receipt => 1,
+                Awaiting::Completion => 2,
+            });
+            write_outgoing(&mut w, &inflight.outgoing);
+        }
+        // The queue count goes first; it is patched if the byte budget cuts the queue short.
+        let count_at = w.0.len();
+        w.len(self.queue.len());
+        let mut written = 0usize;
+        for outgoing in &self.queue {
+            if w.0.len() >= max_bytes {
+                break;
+            }
+            write_outgoing(&mut w, outgoing);
+            written += 1;
+        }
+        let written_u32 = u32::try_from(written).unwrap_or(u32::MAX).to_be_bytes();
+        buf[count_at..count_at + 4].copy_from_slice(&written_u32);
+        (buf.freeze(), self.queue.len() - written)
+    }
+
+    /// Reads a value `encode_image` wrote; messages get ids from `next_id`. `None` if the
+    /// value is truncated, of another format or inconsistent (duplicate packet ids).
+    pub fn decode_image(value: Bytes, mut next_id: impl FnMut() -> u64) -> Option<SessionImage> {
+        let mut r = Reader(value);
+        if r.u8()? != STATE_FORMAT_VERSION {
+            return None;
+        }
+        let mut session = Session::new(r.u32()?);
+        let disconnected_at_ms = r.u64()?;
+        let username = r.opt_str()?;
+        session.next_pkid = r.u16()?;
+        for _ in 0..r.len(7)? {
+            let filter = r.str()?;
+            let qos = r.u8().filter(|q| *q <= 2)?;
+            let flags = r.u8()?;
+            let subscription_id = r.opt_u32()?;
+            let sub = Subscription {
+                qos,
+                no_local: flags & 1 != 0,
+                retain_as_published: flags & 2 != 0,
+                subscription_id,
+            };
+            session.subscriptions.insert(filter, sub);
+        }
+        for _ in 0..r.len(2)? {
+            session.inbound_qos2.insert(r.u16()?);
+        }
+        for _ in 0..r.len(4)? {
+            let pkid = r.u16().filter(|p| *p != 0)?;
+            let state = match r.u8()? {
+                0 => Awaiting::Ack,
+                1 => Awaiting::Receipt,
+                2 => Awaiting::Completion,
+                _ => return None,
+            };
+            let outgoing = read_outgoing(&mut r, next_id())?;
+            if !session.inflight_ids.insert(pkid) {
+                return None;
+            }
+            session.inflight.push_back(Inflight {
+                pkid,
+                state,
+                outgoing,
+            });
+        }
+        for _ in 0..r.len(4)? {
+            let outgoing = read_outgoing(&mut r, next_id())?;
+            session.queue.push_back(outgoing);
+        }
+        r.is_empty().then_some(SessionImage {
+            session,
+            disconnected_at_ms,
+            username,
+        })
+    }
+}
+
 fn window(link: &LinkOut<'_>) -> usize {
     link.window.clamp(1, MAX_INFLIGHT_PER_SESSION)
 }
@@ -524,6 +647,78 @@ mod tests {
             DeliverOutcome::Dropped
         );
         assert_eq!((session.queued(), session.dropped_messages), (3, 1));
+    }
+
+    #[test]
+    fn a_session_image_round_trips_subscriptions_inflight_queue_and_packet_ids() {
+        let mut session = Session::new(3_600);
+        session.subscriptions.insert(
+            "a/#".into(),
+            Subscription {
+                qos: 2,
+                no_local: true,
+                retain_as_published: false,
+                subscription_id: Some(7),
+            },
+        );
+        session.subscriptions.insert(
+            "b".into(),
+            Subscription {
+                qos: 1,
+                no_local: false,
+                retain_as_published: true,
+                subscription_id: None,
+            },
+        );
+        let mut buffer = BytesMut::new();
+        session.deliver(outgoing(1, 1), Some(&mut link(&mut buffer, 2)), 0);
+        session.deliver(outgoing(2, 2), Some(&mut link(&mut buffer, 2)), 0);
+        session.deliver(outgoing(3, 1), Some(&mut link(&mut buffer, 2)), 0);
+        let pkids: Vec<u16> = session.inflight.iter().map(|i| i.pkid).collect();
+        session.on_pubrec(pkids[1], 0, Some(&mut link(&mut buffer, 2)), 0);
+        assert!(session.inbound_qos2_received(42));
+        let (value, left_out) = session.encode_image(1_234, Some("alice"), usize::MAX);
+        assert_eq!(left_out, 0);
+        let mut ids = 100..;
+        let image =
+            Session::decode_image(value.clone(), || ids.next().unwrap_or(0)).expect("decodes");
+        assert_eq!(
+            (image.disconnected_at_ms, image.username.as_deref()),
+            (1_234, Some("alice"))
+        );
+        let mut restored = image.session;
+        assert_eq!(restored.expiry_s, 3_600);
+        assert_eq!(restored.subscriptions, session.subscriptions);
+        assert_eq!((restored.inflight(), restored.queued()), (2, 1));
+        assert!(
+            !restored.inbound_qos2_received(42),
+            "pending PUBREL id kept"
+        );
+        // Reconnect: the QoS 1 message again with DUP, PUBREL for the QoS 2 one, then the queue.
+        let mut out = BytesMut::new();
+        restored.resend(&mut link(&mut out, 3), 0);
+        let packets = sent(&mut out);
+        assert!(
+            matches!(&packets[0], v4::Packet::Publish(p) if p.pkid == pkids[0] && p.dup && &p.payload[..] == b"m1")
+        );
+        assert!(matches!(&packets[1], v4::Packet::PubRel(r) if r.pkid == pkids[1]));
+        assert!(matches!(&packets[2], v4::Packet::Publish(p) if !p.dup && &p.payload[..] == b"m3"));
+        assert!(
+            !pkids.contains(&restored.allocate_pkid()),
+            "no packet id reused"
+        );
+        // Truncated values are refused.
+        for cut in 0..value.len() {
+            assert!(
+                Session::decode_image(value.slice(..cut), || 0).is_none(),
+                "cut {cut}"
+            );
+        }
+        // A byte budget keeps the in-flight messages and the oldest queued ones.
+        let (small, left_out) = session.encode_image(0, None, 1);
+        assert_eq!(left_out, 1);
+        let image = Session::decode_image(small, || 0).expect("decodes");
+        assert_eq!((image.session.inflight(), image.session.queued()), (2, 0));
     }
 
     #[test]

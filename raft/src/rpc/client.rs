@@ -415,12 +415,12 @@ fn entry_wire_bytes(entry: &PartitionEntry) -> usize {
         }
 }
 
-/// How many leading entries fit `RPC_APPEND_BUDGET_BYTES` (at least one).
-pub(crate) fn entries_in_budget(entries: &[PartitionEntry]) -> usize {
+/// How many leading entries fit `budget_bytes` (at least one).
+pub(crate) fn entries_in_budget(entries: &[PartitionEntry], budget_bytes: usize) -> usize {
     let mut bytes = 0usize;
     for (count, entry) in entries.iter().enumerate() {
         bytes += entry_wire_bytes(entry);
-        if count > 0 && bytes > RPC_APPEND_BUDGET_BYTES {
+        if count > 0 && bytes > budget_bytes {
             return count;
         }
     }
@@ -435,7 +435,7 @@ impl RaftNetworkV2<PartitionRaft> for RpcNetwork {
         mut request: AppendEntriesRequest<PartitionRaft>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<PartitionRaft>, RPCError<PartitionRaft>> {
-        let keep = entries_in_budget(&request.entries);
+        let keep = entries_in_budget(&request.entries, RPC_APPEND_BUDGET_BYTES);
         let sent_prefix = (keep < request.entries.len()).then(|| {
             request.entries.truncate(keep);
             request.entries.last().map(|entry| entry.log_id)

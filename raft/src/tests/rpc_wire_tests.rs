@@ -3,6 +3,8 @@
 //! group with an error and closes a connection that sends a corrupt frame.
 
 use super::{produced_batch, run};
+use crate::constants::RPC_ENTRY_OVERHEAD_BYTES;
+use crate::rpc::client::entries_in_budget;
 use crate::rpc::frame::{encode_frame, read_frame, FrameError, FrameKind, FRAME_HEADER_BYTES};
 use crate::rpc::wire::{
     decode_request, decode_response, encode_hello, encode_request, encode_response,
@@ -202,6 +204,24 @@ fn rpc_wire_round_trips_every_message() {
     ] {
         response_round_trip(Err(RpcFault::new(code, "why")));
     }
+}
+
+#[test]
+fn rpc_append_entries_split_to_the_frame_budget() {
+    let batch = RecordBatch::new(produced_batch(2, 1)).expect("batch");
+    let entry_bytes = RPC_ENTRY_OVERHEAD_BYTES + batch.bytes().len();
+    let entries: Vec<PartitionEntry> = (1..=10)
+        .map(|index| PartitionEntry {
+            log_id: PartitionLogId::new_term_index(1, index),
+            payload: PartitionPayload::Normal(batch.clone()),
+        })
+        .collect();
+    assert_eq!(entries_in_budget(&entries, 10 * entry_bytes), 10);
+    assert_eq!(entries_in_budget(&entries, 3 * entry_bytes), 3);
+    assert_eq!(entries_in_budget(&entries, 3 * entry_bytes + 1), 3);
+    // One entry always goes, even above the budget (the frame limit allows a maximum entry).
+    assert_eq!(entries_in_budget(&entries, 1), 1);
+    assert_eq!(entries_in_budget(&[], 1), 0);
 }
 
 #[test]

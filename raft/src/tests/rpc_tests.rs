@@ -14,7 +14,7 @@ use futures_lite::future::BoxedLocal;
 use glommio::{LocalExecutorBuilder, Placement};
 use openraft::metrics::RaftMetrics;
 use openraft::rt::WatchReceiver;
-use openraft::{AsyncRuntime, BasicNode, Config, Raft, ServerState};
+use openraft::{AsyncRuntime, BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use rmq_storage::{probe_direct_io, Offset, PartitionLog};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -63,22 +63,31 @@ struct TestNode {
     thread: Option<JoinHandle<()>>,
 }
 
-fn raft_config() -> Arc<Config> {
-    Arc::new(
-        Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
-            ..Config::default()
-        }
-        .validate()
-        .expect("config"),
-    )
+/// Timeouts generous enough for a loaded 2-core machine; no snapshots unless asked.
+fn raft_config() -> Config {
+    Config {
+        heartbeat_interval: 100,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        ..Config::default()
+    }
 }
 
 impl TestNode {
     /// Starts node `id` over `dir` (created or reopened), listening on `bind`.
     fn start(id: u64, dir: PathBuf, bind: String, filter: LinkFilter) -> TestNode {
+        TestNode::start_with(id, dir, bind, filter, raft_config())
+    }
+
+    /// `start` with a Raft config of the test's choosing.
+    fn start_with(
+        id: u64,
+        dir: PathBuf,
+        bind: String,
+        filter: LinkFilter,
+        config: Config,
+    ) -> TestNode {
+        let config = Arc::new(config.validate().expect("config"));
         let (addr_sender, addr_receiver) = flume::bounded(1);
         let (commands, command_receiver) = flume::bounded::<Command>(16);
         let node_dir = dir.clone();
@@ -103,7 +112,7 @@ impl TestNode {
                 let client = RpcClient::new(id, Some(filter));
                 let raft = Raft::new(
                     id,
-                    raft_config(),
+                    config,
                     client.network_factory(GROUP_ID),
                     store,
                     DigestStateMachine::default(),
@@ -305,16 +314,27 @@ fn start_cluster(
     count: u64,
     filter: &LinkFilter,
 ) -> (PathBuf, BTreeMap<u64, TestNode>) {
+    start_cluster_with(name, count, filter, raft_config())
+}
+
+/// `start_cluster` with a Raft config of the test's choosing.
+fn start_cluster_with(
+    name: &str,
+    count: u64,
+    filter: &LinkFilter,
+    config: Config,
+) -> (PathBuf, BTreeMap<u64, TestNode>) {
     let dir = test_dir(name);
     let nodes: BTreeMap<u64, TestNode> = (1..=count)
         .map(|id| {
             (
                 id,
-                TestNode::start(
+                TestNode::start_with(
                     id,
                     dir.join(format!("node-{id}")),
                     "127.0.0.1:0".to_string(),
                     filter.clone(),
+                    config.clone(),
                 ),
             )
         })
@@ -611,5 +631,84 @@ fn rpc_fourth_node_joins_as_learner_then_voter_and_catches_up() {
     assert_eq!(voters, vec![1, 2, 3, 4]);
     let crcs = identical_logs(&nodes, &ids);
     assert_eq!(sorted(crcs), sorted(expected));
+    cleanup(dir, nodes);
+}
+
+#[test]
+fn rpc_new_node_behind_a_purged_log_installs_a_snapshot_over_tcp() {
+    let _serial = CLUSTER_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let filter = LinkFilter::new();
+    let config = Config {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..raft_config()
+    };
+    let (dir, mut nodes) = start_cluster_with("rpc-snapshot", 3, &filter, config.clone());
+    write_all(&nodes, &[1, 2, 3], batches(0, 100));
+    let leader = agreed_leader(&nodes, &[1, 2, 3]);
+    assert!(
+        nodes[&leader].wait_for("log purged after a snapshot", |m| m.purged.is_some()),
+        "the leader never purged"
+    );
+
+    // Node 4 needs entries the leader no longer has: it gets the snapshot (full_snapshot RPC),
+    // then the entries after it.
+    let fourth = TestNode::start_with(
+        4,
+        dir.join("node-4"),
+        "127.0.0.1:0".to_string(),
+        filter,
+        config,
+    );
+    let fourth_node = fourth.basic_node();
+    nodes.insert(4, fourth);
+    nodes[&leader].call(move |context| async move {
+        context
+            .raft
+            .add_learner(4, fourth_node, true)
+            .await
+            .expect("add learner");
+    });
+    write_all(&nodes, &[1, 2, 3], batches(1000, 10));
+    let ids = [1, 2, 3, 4];
+    settle(&nodes, leader, &ids);
+    assert!(
+        nodes[&4].metric(|m| m.snapshot.is_some()),
+        "node 4 installed no snapshot"
+    );
+    // Its log holds only what followed the snapshot: the rest came by full_snapshot.
+    let (_, fourth_crcs) = nodes[&4].log_contents();
+    assert!(
+        fourth_crcs.len() < 110,
+        "node 4 got all {} batches by AppendEntries",
+        fourth_crcs.len()
+    );
+    let states: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            nodes[id].call(|context| async move {
+                context
+                    .raft
+                    .with_state_machine(|sm: &mut DigestStateMachine| {
+                        let state = sm.state().clone();
+                        Box::pin(async move { state })
+                    })
+                    .await
+                    .expect("state machine")
+            })
+        })
+        .collect();
+    assert_eq!(states[0].applied_batches, 110);
+    for state in &states[1..] {
+        assert_eq!(
+            (state.applied_batches, state.digest, state.last_applied),
+            (
+                states[0].applied_batches,
+                states[0].digest,
+                states[0].last_applied
+            )
+        );
+    }
     cleanup(dir, nodes);
 }

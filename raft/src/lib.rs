@@ -1,7 +1,8 @@
 //! rmq-raft: openraft wired into the shard. `runtime` drives openraft on glommio (no Tokio);
 //! `log_store` makes a partition log the Raft log of its group (`entry_codec` maps entries to
 //! record batches, `raft_meta` keeps vote / committed / purged in a sidecar file);
-//! `state_machine` is a stand-in state machine until the partition state machine exists.
+//! `state_machine` is a stand-in state machine until the partition state machine exists;
+//! `rpc` is the network between nodes (framed rkyv messages over glommio TCP).
 //!
 //! Concurrency contract: everything here is `!Send` (openraft's `single-threaded` feature); a
 //! Raft group lives on the shard that owns its partition.
@@ -10,6 +11,7 @@ pub mod constants;
 pub mod entry_codec;
 pub mod log_store;
 pub mod raft_meta;
+pub mod rpc;
 pub mod runtime;
 pub mod state_machine;
 

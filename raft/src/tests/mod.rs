@@ -3,6 +3,8 @@
 
 mod cluster_tests;
 mod log_store_tests;
+mod rpc_tests;
+mod rpc_wire_tests;
 
 use crate::runtime::GlommioRuntime;
 use openraft::AsyncRuntime;

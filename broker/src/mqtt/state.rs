@@ -240,6 +240,9 @@ pub async fn restore(shard: &Rc<Shard>) -> anyhow::Result<()> {
 /// (at most `SHUTDOWN_STATE_WAIT_MS`) until every shard has (`written` counts them).
 pub async fn write_at_shutdown(shard: &Rc<Shard>, written: &AtomicUsize, shard_count: usize) {
     let engine = super::engine(shard);
+    // Closed first (the listener's shutdown hook may not have run yet), so no publish is
+    // acknowledged after the last write.
+    engine.close_all();
     if let Err(e) = engine.write_state().await {
         warn!(shard = shard.id.0, error = %e, "MQTT state not written at shutdown");
     }

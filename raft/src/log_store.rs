@@ -12,6 +12,9 @@
 //! In memory: the base offset and term of every live entry (16 bytes each; purging after a
 //! snapshot bounds them), rebuilt at open by reading the batch headers from `first_offset`.
 //!
+//! Readers (Kafka fetches) see committed entries only: every commit moves the log's commit
+//! point (`PartitionLog::set_commit_limit`) to the end of the last committed batch.
+//!
 //! Purge is logical: the anchor moves past the purged entries and `raft.meta` is rewritten;
 //! their batches stay in the segments until the log start can be advanced (storage has no such
 //! call yet), and retention must not delete live entries. Truncation cuts the log with
@@ -73,6 +76,30 @@ impl LogIndex {
 
     fn location(&self, index: u64) -> Option<EntryLocation> {
         self.position(index).map(|position| self.entries[position])
+    }
+
+    /// The Kafka offset just past entry `index` (the end of its batch): where readers may
+    /// read up to once it is committed. `log_end` is the log's next offset (the end of the last
+    /// entry). Entries before the live ones (purged) end at the anchor.
+    fn end_offset_of(&self, index: u64, log_end: i64) -> i64 {
+        if index < self.meta.first_index {
+            return self.meta.first_offset;
+        }
+        match self.location(index + 1) {
+            Some(next) => next.base_offset,
+            None => log_end,
+        }
+    }
+
+    /// Readers of the partition see what is committed (`PartitionLog::set_commit_limit`).
+    fn publish_commit(&self, log: &PartitionLog) {
+        let end = match self.meta.committed {
+            Some(committed) => self.end_offset_of(committed.index, log.log_end_offset().0),
+            None => self.meta.first_offset,
+        };
+        if log.commit_limit().is_none_or(|limit| end > limit.0) {
+            log.set_commit_limit(Offset(end));
+        }
     }
 
     fn last_log_id(&self) -> Option<PartitionLogId> {
@@ -158,6 +185,7 @@ impl PartitionLogStore {
             entries,
             meta_written_at: Instant::now(),
         };
+        index.publish_commit(&log);
         Ok(PartitionLogStore {
             shared: Rc::new(Shared {
                 log,
@@ -327,7 +355,7 @@ async fn scan_locations(
     let mut offset = meta.first_offset;
     while offset < log_end {
         let bytes = log
-            .read(Offset(offset), LOG_READ_CHUNK_BYTES)
+            .read_uncommitted(Offset(offset), LOG_READ_CHUNK_BYTES)
             .await
             .map_err(storage_error)?;
         let mut position = 0;
@@ -396,7 +424,7 @@ impl PartitionLogReader {
             let bytes = self
                 .shared
                 .log
-                .read(Offset(from), LOG_READ_CHUNK_BYTES)
+                .read_uncommitted(Offset(from), LOG_READ_CHUNK_BYTES)
                 .await
                 .map_err(storage_error)?;
             let mut position = 0;
@@ -503,6 +531,7 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 index.meta.committed
             );
             index.meta.committed = committed;
+            index.publish_commit(&self.shared.log);
             if index.meta_written_at.elapsed() < COMMITTED_PERSIST_INTERVAL {
                 return Ok(());
             }

@@ -502,6 +502,12 @@ impl FileLog {
         Offset(self.state.borrow().high_watermark)
     }
 
+    /// Closed, or failed: no more data will come.
+    pub(crate) fn is_stopped(&self) -> bool {
+        let state = self.state.borrow();
+        state.lifecycle == Lifecycle::Closed || state.failure.is_some()
+    }
+
     /// Resolves when `high_watermark() > from` (or the log closes or fails). Dropping the
     /// future (a timed-out long poll) frees its waiter slot.
     pub async fn wait_for_data(&self, from: Offset) {

@@ -14,7 +14,7 @@
 //! Concurrency contract: single-threaded (`!Send`), shared as `Rc<PartitionLog>` by the tasks
 //! of one shard; each engine documents how it keeps borrows off awaits.
 
-use crate::batch::BatchHeader;
+use crate::batch::{BatchHeader, BATCH_LENGTH_PREFIX_BYTES as LOG_OVERHEAD_BYTES};
 use crate::constants::{
     DELETE_RETENTION_MS_DEFAULT, FLUSH_MESSAGES_STRICT, MEMORY_LOG_BYTES_DEFAULT,
     MEMORY_LOG_BYTES_MAX, MESSAGE_BYTES_MAX, MIN_CLEANABLE_DIRTY_RATIO_DEFAULT, SEGMENT_BYTES_MAX,
@@ -23,8 +23,10 @@ use crate::constants::{
 use crate::error::StorageError;
 use crate::file_log::FileLog;
 use crate::memory_log::MemoryLog;
+use crate::waiters::WaiterList;
 use crate::Offset;
 use bytes::{Bytes, BytesMut};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -278,6 +280,33 @@ pub(crate) fn check_payload(records: &[u8], headers: &[BatchHeader]) -> Result<i
     Ok(offsets)
 }
 
+/// The leading whole batches of `stored` (whole batches as read from a log) whose base offset
+/// is below `end`.
+fn batches_below(stored: Bytes, end: i64) -> Bytes {
+    let mut position = 0usize;
+    while stored.len() >= position + LOG_OVERHEAD_BYTES {
+        let base = i64::from_be_bytes(
+            stored[position..position + 8]
+                .try_into()
+                .unwrap_or([0xff; 8]),
+        );
+        let length = i32::from_be_bytes(
+            stored[position + 8..position + 12]
+                .try_into()
+                .unwrap_or([0xff; 4]),
+        );
+        let Ok(length) = usize::try_from(length) else {
+            break;
+        };
+        let next = position + LOG_OVERHEAD_BYTES + length;
+        if base >= end || next > stored.len() {
+            break;
+        }
+        position = next;
+    }
+    stored.slice(..position)
+}
+
 enum Engine {
     File(Rc<FileLog>),
     Memory(Box<MemoryLog>),
@@ -286,6 +315,11 @@ enum Engine {
 /// One partition log; see the module comment for what every engine guarantees.
 pub struct PartitionLog {
     engine: Engine,
+    /// A replicated partition's commit point (Raft): readers see offsets below it only, even
+    /// if more is written locally. `None` (unreplicated): readers see everything written.
+    commit_limit: Cell<Option<i64>>,
+    /// Readers waiting for the commit point to pass an offset.
+    commit_waiters: WaiterList,
 }
 
 /// Calls the same method on whichever engine backs the log.
@@ -308,7 +342,11 @@ impl PartitionLog {
             StorageEngine::File => Engine::File(FileLog::open(dir, config).await?),
             StorageEngine::Memory => Engine::Memory(Box::new(MemoryLog::new(dir, config))),
         };
-        Ok(Rc::new(PartitionLog { engine }))
+        Ok(Rc::new(PartitionLog {
+            engine,
+            commit_limit: Cell::new(None),
+            commit_waiters: WaiterList::default(),
+        }))
     }
 
     /// The engine this log runs on (fixed at open).
@@ -381,21 +419,77 @@ impl PartitionLog {
         dispatch!(self, log => log.log_end_offset())
     }
 
-    /// End of what readers may see.
+    /// End of what readers may see: what is written, capped by the commit point of a
+    /// replicated partition.
     pub fn high_watermark(&self) -> Offset {
-        dispatch!(self, log => log.high_watermark())
+        let written = dispatch!(self, log => log.high_watermark());
+        match self.commit_limit.get() {
+            Some(limit) => Offset(written.0.min(limit)),
+            None => written,
+        }
+    }
+
+    /// Makes the log a replicated one whose readers see offsets below `end` only (the Raft
+    /// state machine calls it as entries commit). The commit point never goes back, and a
+    /// committed batch is never truncated (asserted by `truncate`).
+    pub fn set_commit_limit(&self, end: Offset) {
+        if let Some(previous) = self.commit_limit.get() {
+            assert!(
+                end.0 >= previous,
+                "commit point goes back: {previous} -> {}",
+                end.0
+            );
+            if end.0 == previous {
+                return;
+            }
+        }
+        self.commit_limit.set(Some(end.0));
+        self.commit_waiters.wake_all();
+    }
+
+    /// The commit point of a replicated partition (`None`: not replicated).
+    pub fn commit_limit(&self) -> Option<Offset> {
+        self.commit_limit.get().map(Offset)
     }
 
     /// Whole batches starting with the one containing `from`, up to `max_bytes` but at least
     /// one batch; empty at the high watermark. Bytes are exactly as stored.
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, StorageError> {
+        let Some(limit) = self.commit_limit.get() else {
+            return dispatch!(self, log => log.read(from, max_bytes).await);
+        };
+        if from.0 >= limit && from.0 <= self.log_end_offset().0 {
+            return Ok(Bytes::new());
+        }
+        let stored = dispatch!(self, log => log.read(from, max_bytes).await)?;
+        Ok(batches_below(stored, limit))
+    }
+
+    /// Like `read`, but up to what is written, past the commit point: for the replication
+    /// layer, which ships entries before they commit.
+    pub async fn read_uncommitted(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Bytes, StorageError> {
         dispatch!(self, log => log.read(from, max_bytes).await)
     }
 
     /// Resolves when `high_watermark() > from` (or the log closes or fails). Dropping the
-    /// future (a timed-out long poll) frees its waiter slot.
+    /// future (a timed-out long poll) frees its waiter slot. For a replicated log it waits for
+    /// the commit point (entries commit after they are written locally).
     pub async fn wait_for_data(&self, from: Offset) {
-        dispatch!(self, log => log.wait_for_data(from).await)
+        if self.commit_limit.get().is_none() {
+            return dispatch!(self, log => log.wait_for_data(from).await);
+        }
+        self.commit_waiters
+            .wait_until(|| self.high_watermark() > from || self.is_stopped())
+            .await;
+    }
+
+    /// Closed or failed: no more data will come.
+    fn is_stopped(&self) -> bool {
+        dispatch!(self, log => log.is_stopped())
     }
 
     /// First readable batch whose max_timestamp >= `ts_ms`: (its base offset, its
@@ -414,6 +508,13 @@ impl PartitionLog {
     /// Removes every batch with offset >= `to` (rounded down to the base offset of the batch
     /// containing it). Appends are refused while it runs.
     pub async fn truncate(&self, to: Offset) -> Result<(), StorageError> {
+        if let Some(limit) = self.commit_limit.get() {
+            assert!(
+                to.0 >= limit,
+                "truncation to {} cuts committed data (commit point {limit})",
+                to.0
+            );
+        }
         dispatch!(self, log => log.truncate(to).await)
     }
 
@@ -424,7 +525,9 @@ impl PartitionLog {
 
     /// Flushes and closes; later appends and reads get `Closed`.
     pub async fn close(&self) -> Result<(), StorageError> {
-        dispatch!(self, log => log.close().await)
+        let closed = dispatch!(self, log => log.close().await);
+        self.commit_waiters.wake_all();
+        closed
     }
 
     /// Drops what `retention.ms` / `retention.bytes` expire and advances the log start

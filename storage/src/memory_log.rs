@@ -247,6 +247,11 @@ impl MemoryLog {
         Ok(joined.freeze())
     }
 
+    /// Closed: no more data will come.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.state.borrow().closed
+    }
+
     pub(crate) async fn wait_for_data(&self, from: Offset) {
         self.data_waiters
             .wait_until(|| {

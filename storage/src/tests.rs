@@ -774,6 +774,55 @@ fn wait_for_data_wakes_on_append_and_dropped_waiters_free_their_slot() {
 }
 
 #[test]
+fn a_commit_limit_hides_uncommitted_batches_from_readers_and_wakes_them_when_it_moves() {
+    run("commit_limit", |dir| async move {
+        let log = open(&dir, LogConfig::default()).await;
+        let spec = BatchSpec {
+            records: 2,
+            value_bytes: 50,
+            ..BatchSpec::default()
+        };
+        let size = build_batch(spec).len();
+        for _ in 0..4 {
+            append(&log, &[spec], 0).unwrap();
+        }
+        log.wait_written(Offset(7)).await.unwrap();
+        assert_eq!(log.high_watermark(), Offset(8), "unreplicated: all written");
+        // Replicated: the first two batches (offsets 0..4) are committed.
+        log.set_commit_limit(Offset(4));
+        assert_eq!(log.high_watermark(), Offset(4));
+        assert_eq!(log.log_end_offset(), Offset(8));
+        let visible = log.read(Offset(0), 1 << 20).await.unwrap();
+        assert_eq!(
+            visible.len(),
+            size * 2,
+            "batches at or past the commit point are cut"
+        );
+        assert!(log.read(Offset(4), 1 << 20).await.unwrap().is_empty());
+        assert!(log.read(Offset(5), 1 << 20).await.unwrap().is_empty());
+        // A reader at the commit point waits for it to move, not for the written data.
+        let waiter = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.wait_for_data(Offset(4)).await })
+        };
+        let early = glommio::timer::timeout(std::time::Duration::from_millis(20), async {
+            log.wait_for_data(Offset(4)).await;
+            Ok(())
+        })
+        .await;
+        assert!(
+            early.is_err(),
+            "written but uncommitted data does not wake readers"
+        );
+        log.set_commit_limit(Offset(6));
+        waiter.await;
+        assert_eq!(log.read(Offset(4), 1 << 20).await.unwrap().len(), size);
+        log.set_commit_limit(Offset(6));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn read_returns_whole_batches_within_max_bytes_but_at_least_one() {
     run("max_bytes", |dir| async move {
         let log = open(&dir, LogConfig::default()).await;

@@ -99,7 +99,7 @@ async fn stored_headers(log: &PartitionLog) -> Vec<rmq_storage::BatchHeader> {
         .expect("written");
     while offset < end {
         let bytes = log
-            .read(rmq_storage::Offset(offset), 1 << 20)
+            .read_uncommitted(rmq_storage::Offset(offset), 1 << 20)
             .await
             .expect("read");
         for header in rmq_storage::validate_stored_batches(&bytes, 1 << 20).expect("valid") {

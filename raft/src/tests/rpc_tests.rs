@@ -272,7 +272,10 @@ impl TestNode {
             let mut offset = log.log_start_offset().0;
             let end = log.log_end_offset().0;
             while offset < end {
-                let chunk = log.read(Offset(offset), 1 << 20).await.expect("read");
+                let chunk = log
+                    .read_uncommitted(Offset(offset), 1 << 20)
+                    .await
+                    .expect("read");
                 for header in rmq_storage::validate_stored_batches(&chunk, 1 << 20).expect("valid")
                 {
                     offset = header.last_offset() + 1;
@@ -280,6 +283,14 @@ impl TestNode {
                 bytes.extend_from_slice(&chunk);
             }
             (bytes, crcs)
+        })
+    }
+
+    /// (high watermark, log end): what Kafka readers see of the node's log, and what it holds.
+    fn watermarks(&self) -> (i64, i64) {
+        self.call(|context| async move {
+            let log = &context.log;
+            (log.high_watermark().0, log.log_end_offset().0)
         })
     }
 
@@ -451,6 +462,13 @@ fn write_all(nodes: &BTreeMap<u64, TestNode>, ids: &[u64], batches: Vec<RecordBa
 
 /// All of `ids` hold byte-identical logs; returns the record batch CRCs of that log.
 fn identical_logs(nodes: &BTreeMap<u64, TestNode>, ids: &[u64]) -> Vec<u32> {
+    for id in ids {
+        let (high_watermark, end) = nodes[id].watermarks();
+        assert_eq!(
+            high_watermark, end,
+            "node {id}: everything settled is committed and visible"
+        );
+    }
     let (bytes, crcs) = nodes[&ids[0]].log_contents();
     assert!(!bytes.is_empty());
     for id in &ids[1..] {
@@ -565,6 +583,11 @@ fn rpc_isolated_leader_cannot_commit_and_is_truncated_after_heal() {
         nodes[&old_leader].metric(|m| m.last_log_index)
             > nodes[&majority[0]].metric(|m| m.last_log_index),
         "the isolated leader holds the uncommitted entry"
+    );
+    let (high_watermark, end) = nodes[&old_leader].watermarks();
+    assert!(
+        high_watermark < end,
+        "readers of the isolated leader see its uncommitted entry ({high_watermark} of {end})"
     );
 
     // The majority elects a new leader and commits.

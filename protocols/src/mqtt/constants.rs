@@ -99,10 +99,16 @@ const _: () = assert!(MAX_INFLIGHT_PER_SESSION <= u16::MAX as usize);
 const _: () = assert!(MAX_PACKET_SIZE_BYTES <= 268_435_455);
 const _: () = assert!(OUTBOX_MAX_BYTES >= MAX_PACKET_SIZE_BYTES);
 
-/// Most PUBLISH packets of one connection handled as one run when bridge rules exist (their
-/// Kafka appends share one durable write); the packets come from bytes already read, so a run
-/// is also bounded by the read buffer.
+/// Most PUBLISH packets of one connection handled as one run: their deliveries to each other
+/// shard travel as one mesh message, and with bridge rules their Kafka appends share one
+/// durable write. The packets come from bytes already read, so a run is also bounded by the
+/// read buffer.
 pub const PUBLISH_RUN_MAX: usize = 256;
+
+/// Most messages in one mesh message to another shard (`ShardMessage::Deliver`): a run's
+/// deliveries to one shard, sent early when this many are waiting. With the mesh queue's
+/// 1,024 messages per pair of shards, at most 1,024 x this many messages wait per pair.
+pub const MESH_DELIVER_BATCH_MAX: usize = 256;
 
 /// Payload and topic bytes of bridged publishes put in one Kafka record batch (publishes of one
 /// run to one partition share a batch). Well under the default `max.message.bytes` (1 MiB), so

@@ -19,7 +19,10 @@
 //!   from one socket read) are collected in `Forwards` and travel as one mesh message per
 //!   shard (`ShardMessage::Deliver`, at most `MESH_DELIVER_BATCH_MAX` each), in publish
 //!   order, sent at the end of the run (or when a batch is full): one mesh hop and one
-//!   cross-core wake-up per run and shard, not per PUBLISH. Per-publisher order to each
+//!   cross-core wake-up per run and shard, not per PUBLISH. At most
+//!   `MESH_DELIVER_BATCHES_IN_FLIGHT` batches per pair of shards are sent and not yet applied
+//!   (a credit the receiver gives back), so a publisher faster than the other shard's
+//!   subscribers waits instead of overflowing their session queues. Per-publisher order to each
 //!   subscriber holds because a publisher's deliveries to one shard go through one queue in
 //!   order, and the run's acknowledgements are written only after its forwards were sent. UNSUBACK waits until every shard dropped the member; a member
 //!   whose session ends or moves is dropped without waiting, so a message the publisher's
@@ -58,8 +61,9 @@ use super::bridge;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
-    BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MESH_DELIVER_BATCH_MAX,
-    MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
+    BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MESH_DELIVER_BATCHES_IN_FLIGHT,
+    MESH_DELIVER_BATCH_MAX, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_NEVER_EXPIRES_S,
+    SYS_INTERVAL_MS,
 };
 use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
@@ -136,8 +140,12 @@ pub enum ShardMessage {
         present: bool,
         ack: flume::Sender<()>,
     },
-    /// Publishes for this shard, in publish order (at most `MESH_DELIVER_BATCH_MAX`).
-    Deliver { deliveries: Vec<Delivery> },
+    /// Publishes for this shard, in publish order (at most `MESH_DELIVER_BATCH_MAX`);
+    /// `credit`: take one from it once they are applied (see `MqttShard::send_deliveries`).
+    Deliver {
+        deliveries: Vec<Delivery>,
+        credit: flume::Receiver<()>,
+    },
     /// Registry: `client_id` now has its session on `shard`; answers the previous shard.
     Claim {
         client_id: String,
@@ -388,6 +396,9 @@ pub struct MqttShard<K: MqttKernel> {
     next_message: Cell<u64>,
     next_generation: Cell<u64>,
     pub stats: Stats,
+    /// Per peer shard: the credits of `Deliver` batches sent there and not yet applied (a
+    /// bounded channel of `MESH_DELIVER_BATCHES_IN_FLIGHT`; the peer takes one back per batch).
+    deliver_credits: Vec<(flume::Sender<()>, flume::Receiver<()>)>,
     /// Successful password checks of this shard (see `auth`).
     pub verified_logins: VerifiedCache,
     /// Password checks running or queued on this shard (at most
@@ -418,6 +429,9 @@ impl<K: MqttKernel> MqttShard<K> {
             next_message: Cell::new(0),
             next_generation: Cell::new(0),
             stats: Stats::default(),
+            deliver_credits: (0..shard_count)
+                .map(|_| flume::bounded(MESH_DELIVER_BATCHES_IN_FLIGHT))
+                .collect(),
             verified_logins: VerifiedCache::default(),
             pending_password_checks: Cell::new(0),
         });
@@ -801,9 +815,7 @@ impl<K: MqttKernel> MqttShard<K> {
                 shared,
             };
             if let Some(deliveries) = forwards.push(shard, delivery) {
-                self.kernel
-                    .send(shard, ShardMessage::Deliver { deliveries })
-                    .await?;
+                self.send_deliveries(shard, deliveries).await?;
             }
         }
         Ok(matched)
@@ -816,11 +828,27 @@ impl<K: MqttKernel> MqttShard<K> {
             if deliveries.is_empty() {
                 continue;
             }
-            self.kernel
-                .send(shard, ShardMessage::Deliver { deliveries })
-                .await?;
+            self.send_deliveries(shard, deliveries).await?;
         }
         Ok(())
+    }
+
+    /// Sends one batch to `shard` once fewer than `MESH_DELIVER_BATCHES_IN_FLIGHT` batches sent
+    /// there are still unapplied (waits otherwise).
+    async fn send_deliveries(
+        &self,
+        shard: u16,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), MeshClosed> {
+        let Some((credits, credit)) = self.deliver_credits.get(usize::from(shard)) else {
+            unreachable!("a delivery plan names existing shards only");
+        };
+        credits.send_async(()).await.map_err(|_| MeshClosed)?;
+        let deliver = ShardMessage::Deliver {
+            deliveries,
+            credit: credit.clone(),
+        };
+        self.kernel.send(shard, deliver).await
     }
 
     /// Which shards get a message on `topic`: (shard, has matching subscribers, picked shared
@@ -1407,7 +1435,7 @@ impl<K: MqttKernel> MqttShard<K> {
                 self.apply_remote_interest(origin, seq, &filter, &route, present);
                 let _ = ack.try_send(());
             }
-            ShardMessage::Deliver { deliveries } => {
+            ShardMessage::Deliver { deliveries, credit } => {
                 // A subscriber's writer is woken by the first message of the batch that reaches
                 // it (`Notify` holds one waker) and runs after the whole batch is encoded.
                 for delivery in deliveries {
@@ -1416,6 +1444,8 @@ impl<K: MqttKernel> MqttShard<K> {
                     }
                     self.deliver_shared(&delivery.message, &delivery.shared);
                 }
+                // The sender holds the channel open, so its credit is there to take.
+                let _ = credit.try_recv();
             }
             ShardMessage::Claim {
                 client_id,

@@ -2,6 +2,7 @@
 sees, and a tiny raw-socket client for what paho hides (acks withheld, bad input, exact bytes).
 """
 
+import collections
 import socket
 import struct
 import threading
@@ -142,6 +143,34 @@ class Client(object):
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self.c.loop_stop()
+
+
+# Connections tried by clients_on_every_shard before giving up on the spread.
+MAX_CONNECT_ATTEMPTS = 40
+
+
+def shard_of(client):
+    """The shard a v5 client with an assigned id (empty client id at CONNECT) landed on: the
+    first four hex digits of `rmq-<16 hex digits>`."""
+    assigned = client.connacks[0][2].AssignedClientIdentifier
+    assert assigned.startswith("rmq-") and len(assigned) == 20, assigned
+    return int(assigned[4:8], 16)
+
+
+def clients_on_every_shard(port, per_shard, shards=2):
+    """v5 clients with assigned ids, `per_shard` on each shard (SO_REUSEPORT spreads them)."""
+    kept = collections.defaultdict(list)
+    for _ in range(MAX_CONNECT_ATTEMPTS):
+        c = Client(port, client_id="", protocol=V5)
+        shard = shard_of(c)
+        if len(kept[shard]) < per_shard:
+            kept[shard].append(c)
+        else:
+            c.disconnect()
+        if all(len(kept[s]) == per_shard for s in range(shards)):
+            return [c for s in range(shards) for c in kept[s]]
+    raise AssertionError("connections did not spread over %d shards: %r"
+                         % (shards, {s: len(cs) for s, cs in kept.items()}))
 
 
 def session_expiry(seconds):

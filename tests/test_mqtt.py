@@ -6,8 +6,9 @@ import subprocess
 import pytest
 
 from conftest import wait_until
-from mqtt_util import (LEVELS, LEVEL_NAMES, V31, V311, V5, Client, Raw, connect_packet,
-                       publish_packet, raw_connect, subscribe_packet, unique_id)
+from mqtt_util import (LEVELS, LEVEL_NAMES, V31, V311, V5, Client, Raw, clients_on_every_shard,
+                       connect_packet, publish_packet, raw_connect, shard_of, subscribe_packet,
+                       unique_id)
 
 
 def test_ready_line_reports_the_mqtt_port(broker):
@@ -69,6 +70,47 @@ def test_publishes_reach_subscribers_on_every_shard(broker):
     for s in subs:
         s.wait_messages(91)
         assert len(s.messages) == 91
+
+
+# Messages per publisher in the cross-shard order test: enough that many PUBLISHes arrive in one
+# socket read and travel to the other shard as one batch.
+CROSS_SHARD_MESSAGES = 10000
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_cross_shard_publisher_order_is_kept(broker_factory, qos):
+    """A publisher on one shard and its subscriber on the other, both ways at once: every one of
+    10,000 messages arrives once, in publish order, at the QoS sent (deliveries to another shard
+    travel in batches of the PUBLISHes of one socket read)."""
+    broker = broker_factory(cores=2)
+    on_0_sub, on_0_pub, on_1_sub, on_1_pub = clients_on_every_shard(broker.mqtt_port,
+                                                                    per_shard=2)
+    assert [shard_of(c) for c in (on_0_sub, on_0_pub, on_1_sub, on_1_pub)] == [0, 0, 1, 1]
+    base = "xshard/" + unique_id()
+    assert on_0_sub.subscribe(base + "/to-0", qos) == [qos]
+    assert on_1_sub.subscribe(base + "/to-1", qos) == [qos]
+    infos = []
+    for n in range(CROSS_SHARD_MESSAGES):
+        infos.append(on_1_pub.publish(base + "/to-0", b"%d" % n, qos=qos, wait=False))
+        infos.append(on_0_pub.publish(base + "/to-1", b"%d" % n, qos=qos, wait=False))
+    expected = [b"%d" % n for n in range(CROSS_SHARD_MESSAGES)]
+    for sub in (on_0_sub, on_1_sub):
+        got = sub.wait_messages(CROSS_SHARD_MESSAGES, timeout_s=60)
+        assert [m.payload for m in got] == expected
+        assert {m.qos for m in got} == {qos}
+    if qos == 1:
+        publishers = [on_1_pub, on_0_pub] * CROSS_SHARD_MESSAGES
+
+        def all_acked():
+            return all(info.mid in pub.acked for pub, info in zip(publishers, infos))
+        wait_until(all_acked, 30, msg="PUBACK of every publish")
+    # Nothing more arrives: each message was delivered once.
+    on_0_pub.publish(base + "/to-1", b"end", qos=1)
+    on_1_pub.publish(base + "/to-0", b"end", qos=1)
+    for sub in (on_0_sub, on_1_sub):
+        sub.wait_messages(CROSS_SHARD_MESSAGES + 1)
+        assert len(sub.messages) == CROSS_SHARD_MESSAGES + 1
+        assert sub.messages[-1].payload == b"end"
 
 
 def test_wildcards_and_dollar_topics(broker):

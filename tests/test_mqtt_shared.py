@@ -8,33 +8,8 @@ client id is assigned `rmq-<16 hex digits>`, whose first four digits are the sha
 import collections
 
 from conftest import wait_until
-from mqtt_util import (V311, V5, Client, publish_packet, raw_connect, subscribe_packet,
-                       unique_id)
-
-MAX_CONNECT_ATTEMPTS = 40
-
-
-def shard_of(client):
-    assigned = client.connacks[0][2].AssignedClientIdentifier
-    assert assigned.startswith("rmq-") and len(assigned) == 20, assigned
-    return int(assigned[4:8], 16)
-
-
-def clients_on_every_shard(port, per_shard, shards=2):
-    """v5 clients with assigned ids, `per_shard` on each shard (SO_REUSEPORT spreads them)."""
-    kept = collections.defaultdict(list)
-    for _ in range(MAX_CONNECT_ATTEMPTS):
-        c = Client(port, client_id="", protocol=V5)
-        shard = shard_of(c)
-        if len(kept[shard]) < per_shard:
-            kept[shard].append(c)
-        else:
-            c.disconnect()
-        if all(len(kept[s]) == per_shard for s in range(shards)):
-            return [c for s in range(shards) for c in kept[s]]
-    raise AssertionError("connections did not spread over %d shards: %r"
-                         % (shards, {s: len(cs) for s, cs in kept.items()}))
-
+from mqtt_util import (V311, V5, Client, clients_on_every_shard, publish_packet, raw_connect,
+                       shard_of, subscribe_packet, unique_id)
 
 def test_group_members_on_both_shards_split_the_messages(broker_factory):
     broker = broker_factory(cores=2)

@@ -4,6 +4,11 @@ use clap::Parser;
 use rmq_broker::config::{Cli, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
+/// Messages cross shards (threads): allocated on one, freed on another. See the workspace
+/// Cargo.toml for why not glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let config = match NodeConfig::from_cli(cli) {

@@ -257,9 +257,9 @@ async fn read_packets<K: MqttKernel, R: AsyncRead + Unpin>(
     let keep_alive = (connection.keep_alive_s > 0)
         .then(|| Duration::from_millis(u64::from(connection.keep_alive_s) * 1_500));
     let mut size = ReadSize::new();
-    // With bridge rules, consecutive PUBLISH packets already read are handled as one run, so
-    // one durable Kafka append covers them (bounded by `PUBLISH_RUN_MAX`).
-    let batch_publishes = !connection.engine.config.bridge.is_empty();
+    // Consecutive PUBLISH packets already read are handled as one run (bounded by
+    // `PUBLISH_RUN_MAX`): their deliveries to each other shard travel as one mesh message, and
+    // with bridge rules one durable Kafka append covers them.
     let mut run = Vec::new();
     loop {
         loop {
@@ -275,7 +275,7 @@ async fn read_packets<K: MqttKernel, R: AsyncRead + Unpin>(
                 }
             };
             let packet = match packet {
-                Packet::Publish(publish) if batch_publishes => {
+                Packet::Publish(publish) => {
                     run.push(publish);
                     if run.len() < PUBLISH_RUN_MAX {
                         continue;

@@ -13,9 +13,18 @@
 //!   (each member's shard is the single writer of its members; see `shared`).
 //! - a PUBLISH is matched against `interest` and `shared` on the publisher's shard, which picks
 //!   one member per matching group, and is handed once to each shard with matching
-//!   subscribers or picked members (one mesh hop per shard, the message shared by `Arc`);
-//!   each shard matches its `local` trie, adds the picked members, and encodes into its
-//!   connections' outboxes. UNSUBACK waits until every shard dropped the member; a member
+//!   subscribers or picked members (the message shared by `Arc`); each shard matches its
+//!   `local` trie, adds the picked members, and encodes into its connections' outboxes. The
+//!   deliveries for other shards of one connection's run of PUBLISH packets (those decoded
+//!   from one socket read) are collected in `Forwards` and travel as one mesh message per
+//!   shard (`ShardMessage::Deliver`, at most `MESH_DELIVER_BATCH_MAX` each), in publish
+//!   order, sent at the end of the run (or when a batch is full): one mesh hop and one
+//!   cross-core wake-up per run and shard, not per PUBLISH. At most
+//!   `MESH_DELIVER_BATCHES_IN_FLIGHT` batches per pair of shards are sent and not yet applied
+//!   (a credit the receiver gives back), so a publisher faster than the other shard's
+//!   subscribers waits instead of overflowing their session queues. Per-publisher order to each
+//!   subscriber holds because a publisher's deliveries to one shard go through one queue in
+//!   order, and the run's acknowledgements are written only after its forwards were sent. UNSUBACK waits until every shard dropped the member; a member
 //!   whose session ends or moves is dropped without waiting, so a message the publisher's
 //!   shard picked it for in that window (one mesh hop) reaches nobody in its group.
 //! - `registry`: client id -> shard of its session, for the client ids hashed to this shard
@@ -56,8 +65,9 @@ use super::bridge;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
-    BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES,
-    SESSION_IMAGE_MAX_BYTES, SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
+    BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MESH_DELIVER_BATCHES_IN_FLIGHT,
+    MESH_DELIVER_BATCH_MAX, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_IMAGE_MAX_BYTES,
+    SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
 };
 use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
@@ -87,6 +97,43 @@ pub struct SharedTarget {
     pub share_filter: Arc<str>,
 }
 
+/// One message for one shard: whether its matching subscribers there get it, and the shared
+/// subscription members the publisher's shard picked there.
+pub struct Delivery {
+    pub message: SharedMessage,
+    pub to_subscribers: bool,
+    pub shared: Vec<SharedTarget>,
+}
+
+/// Deliveries for other shards held back while one connection's run of publishes is routed, so
+/// that they reach each shard as one mesh message: per shard in publish order, at most
+/// `MESH_DELIVER_BATCH_MAX` per batch (a full batch is sent at once). `MqttShard::send_forwards`
+/// sends what is left; until then the messages in it reach nobody on those shards.
+#[derive(Default)]
+pub struct Forwards {
+    batches: Vec<(u16, Vec<Delivery>)>,
+}
+
+impl Forwards {
+    /// Adds `delivery` for `shard`; returns that shard's batch if it is now full.
+    fn push(&mut self, shard: u16, delivery: Delivery) -> Option<Vec<Delivery>> {
+        let batch = match self.batches.iter_mut().position(|(s, _)| *s == shard) {
+            Some(index) => &mut self.batches[index].1,
+            None => {
+                self.batches.push((shard, Vec::new()));
+                let last = self.batches.len() - 1;
+                &mut self.batches[last].1
+            }
+        };
+        batch.push(delivery);
+        (batch.len() >= MESH_DELIVER_BATCH_MAX).then(|| std::mem::take(batch))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.iter().all(|(_, batch)| batch.is_empty())
+    }
+}
+
 /// Work one shard asks of another (`Send`; payloads shared, never copied).
 pub enum ShardMessage {
     /// Shard `origin` changed its interest in `filter` (see `Route`).
@@ -98,12 +145,11 @@ pub enum ShardMessage {
         present: bool,
         ack: flume::Sender<()>,
     },
-    /// A publish for this shard: its matching subscribers (`to_subscribers`) and the shared
-    /// subscription members the publisher's shard picked here.
+    /// Publishes for this shard, in publish order (at most `MESH_DELIVER_BATCH_MAX`);
+    /// `credit`: take one from it once they are applied (see `MqttShard::send_deliveries`).
     Deliver {
-        message: SharedMessage,
-        to_subscribers: bool,
-        shared: Vec<SharedTarget>,
+        deliveries: Vec<Delivery>,
+        credit: flume::Receiver<()>,
     },
     /// Registry: `client_id` now has its session on `shard`; answers the previous shard.
     Claim {
@@ -378,6 +424,9 @@ pub struct MqttShard<K: MqttKernel> {
     next_message: Cell<u64>,
     next_generation: Cell<u64>,
     pub stats: Stats,
+    /// Per peer shard: the credits of `Deliver` batches sent there and not yet applied (a
+    /// bounded channel of `MESH_DELIVER_BATCHES_IN_FLIGHT`; the peer takes one back per batch).
+    deliver_credits: Vec<(flume::Sender<()>, flume::Receiver<()>)>,
     /// Successful password checks of this shard (see `auth`).
     pub verified_logins: VerifiedCache,
     /// Password checks running or queued on this shard (at most
@@ -437,6 +486,9 @@ impl<K: MqttKernel> MqttShard<K> {
             next_message: Cell::new(0),
             next_generation: Cell::new(0),
             stats: Stats::default(),
+            deliver_credits: (0..shard_count)
+                .map(|_| flume::bounded(MESH_DELIVER_BATCHES_IN_FLIGHT))
+                .collect(),
             verified_logins: VerifiedCache::default(),
             pending_password_checks: Cell::new(0),
             state_write_turn: Turn::default(),
@@ -789,6 +841,19 @@ impl<K: MqttKernel> MqttShard<K> {
     /// matching shared subscription group; stores it first if it is retained. Returns whether
     /// anyone subscribes.
     pub async fn publish(self: &Rc<Self>, message: SharedMessage) -> Result<bool, MeshClosed> {
+        let mut forwards = Forwards::default();
+        let matched = self.publish_batched(message, &mut forwards).await?;
+        self.send_forwards(&mut forwards).await?;
+        Ok(matched)
+    }
+
+    /// `publish`, except that the deliveries for other shards are added to `forwards` (a full
+    /// batch is sent at once); the caller sends the rest with `send_forwards`.
+    pub async fn publish_batched(
+        self: &Rc<Self>,
+        message: SharedMessage,
+        forwards: &mut Forwards,
+    ) -> Result<bool, MeshClosed> {
         bump(&self.stats.messages_received, 1);
         if message.retain {
             self.retain(message.clone()).await?;
@@ -802,16 +867,48 @@ impl<K: MqttKernel> MqttShard<K> {
                     self.deliver_local(&message);
                 }
                 self.deliver_shared(&message, &shared);
-            } else {
-                let deliver = ShardMessage::Deliver {
-                    message: message.clone(),
-                    to_subscribers,
-                    shared,
-                };
-                self.kernel.send(shard, deliver).await?;
+                continue;
+            }
+            let delivery = Delivery {
+                message: message.clone(),
+                to_subscribers,
+                shared,
+            };
+            if let Some(deliveries) = forwards.push(shard, delivery) {
+                self.send_deliveries(shard, deliveries).await?;
             }
         }
         Ok(matched)
+    }
+
+    /// Sends the deliveries collected in `forwards`, one mesh message per shard, leaving it
+    /// empty.
+    pub async fn send_forwards(&self, forwards: &mut Forwards) -> Result<(), MeshClosed> {
+        for (shard, deliveries) in forwards.batches.drain(..) {
+            if deliveries.is_empty() {
+                continue;
+            }
+            self.send_deliveries(shard, deliveries).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one batch to `shard` once fewer than `MESH_DELIVER_BATCHES_IN_FLIGHT` batches sent
+    /// there are still unapplied (waits otherwise).
+    async fn send_deliveries(
+        &self,
+        shard: u16,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), MeshClosed> {
+        let Some((credits, credit)) = self.deliver_credits.get(usize::from(shard)) else {
+            unreachable!("a delivery plan names existing shards only");
+        };
+        credits.send_async(()).await.map_err(|_| MeshClosed)?;
+        let deliver = ShardMessage::Deliver {
+            deliveries,
+            credit: credit.clone(),
+        };
+        self.kernel.send(shard, deliver).await
     }
 
     /// Which shards get a message on `topic`: (shard, has matching subscribers, picked shared
@@ -1419,15 +1516,17 @@ impl<K: MqttKernel> MqttShard<K> {
                 self.apply_remote_interest(origin, seq, &filter, &route, present);
                 let _ = ack.try_send(());
             }
-            ShardMessage::Deliver {
-                message,
-                to_subscribers,
-                shared,
-            } => {
-                if to_subscribers {
-                    self.deliver_local(&message);
+            ShardMessage::Deliver { deliveries, credit } => {
+                // A subscriber's writer is woken by the first message of the batch that reaches
+                // it (`Notify` holds one waker) and runs after the whole batch is encoded.
+                for delivery in deliveries {
+                    if delivery.to_subscribers {
+                        self.deliver_local(&delivery.message);
+                    }
+                    self.deliver_shared(&delivery.message, &delivery.shared);
                 }
-                self.deliver_shared(&message, &shared);
+                // The sender holds the channel open, so its credit is there to take.
+                let _ = credit.try_recv();
             }
             ShardMessage::Claim {
                 client_id,

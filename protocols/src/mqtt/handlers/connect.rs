@@ -213,6 +213,12 @@ pub async fn handle<K: MqttKernel>(
         &link,
         connect.username.as_deref(),
     );
+    debug!(
+        client = %client,
+        shard = engine.shard_id(),
+        session_present = connected.session_present,
+        "mqtt client connected"
+    );
     Ok(Connection {
         engine: engine.clone(),
         publisher: Arc::from(client_id.as_str()),

@@ -12,31 +12,31 @@
 //! A publish the ACL denies is dropped: v5 QoS 1/2 are answered 0x87 (Not authorized),
 //! 3.1/3.1.1 are acknowledged as usual (as Mosquitto does), QoS 0 silently. Acks keep the
 //! order the publishes came in.
+//!
+//! The consecutive PUBLISH packets of one socket read are handled as one run: their deliveries
+//! to other shards go as one mesh message per shard (see `engine::Forwards`), and the run's
+//! acks are written once those are sent, so no ack precedes the hop that delivers its message.
 
 use std::sync::Arc;
+
+use bytes::BytesMut;
 
 use crate::kernel::KernelError;
 use crate::mqtt::acl::Action;
 use crate::mqtt::codec::{self, reason, Publish};
 use crate::mqtt::connection::{Connection, End};
 use crate::mqtt::constants::{SERVER_RECEIVE_MAXIMUM, SERVER_TOPIC_ALIAS_MAXIMUM};
+use crate::mqtt::engine::Forwards;
 use crate::mqtt::kernel::MqttKernel;
 use crate::mqtt::message::Message;
 use crate::mqtt::topic::valid_topic_name;
 
+/// One PUBLISH on its own (a run of one; the connection's read loop collects runs).
 pub async fn handle<K: MqttKernel>(
     connection: &Connection<K>,
     publish: Publish,
 ) -> Result<(), End> {
-    if !connection.engine.config.bridge.is_empty() {
-        let mut run = vec![publish];
-        return handle_run(connection, &mut run).await;
-    }
-    // No bridge rules: no Kafka append to wait for, so no run to collect.
-    match prepare(connection, publish)? {
-        Some(step) => finish(connection, step, None).await,
-        None => Ok(()),
-    }
+    handle_run(connection, &mut vec![publish]).await
 }
 
 /// What to do with one PUBLISH of a run once the bridged appends are done.
@@ -56,9 +56,10 @@ enum Step {
 
 /// Handles consecutive PUBLISH packets of one connection in order. The bridged ones among them
 /// are appended to Kafka with one kernel call (one durable write covers them all), then every
-/// publish is routed and acknowledged in the order received. A protocol error ends the run:
-/// the publishes before it still take effect, then the connection closes.
-/// `publishes` is drained (its capacity kept for the next run).
+/// publish is routed in the order received, its deliveries to other shards collected into one
+/// mesh message per shard; once those are sent, the run's acks are written (in order). A
+/// protocol error ends the run: the publishes before it still take effect, then the connection
+/// closes. `publishes` is drained (its capacity kept for the next run).
 pub async fn handle_run<K: MqttKernel>(
     connection: &Connection<K>,
     publishes: &mut Vec<Publish>,
@@ -98,6 +99,8 @@ pub async fn handle_run<K: MqttKernel>(
         }
     }
     let results = engine.append_to_kafka(appends, durable).await;
+    let mut forwards = Forwards::default();
+    let mut acks = BytesMut::new();
     for step in steps {
         let append = match &step {
             Step::Route {
@@ -106,24 +109,35 @@ pub async fn handle_run<K: MqttKernel>(
             } => results.get(*index),
             _ => None,
         };
-        finish(connection, step, append).await?;
+        if let Err(end) = finish(connection, step, append, &mut forwards, &mut acks).await {
+            ended = Some(end);
+            break;
+        }
+    }
+    engine
+        .send_forwards(&mut forwards)
+        .await
+        .map_err(|_| End::ServerClose)?;
+    if !acks.is_empty() {
+        connection.link.write(|out| out.extend_from_slice(&acks));
     }
     ended.map_or(Ok(()), Err)
 }
 
-/// Routes and acknowledges one prepared PUBLISH, in the order received. `append`: the result
-/// of its Kafka append, for a bridged publish (a failed one is refused, not routed).
+/// Routes one prepared PUBLISH (its deliveries to other shards into `forwards`) and encodes
+/// its ack into `acks`, in the order received. `append`: the result of its Kafka append, for a
+/// bridged publish (a failed one is refused, not routed).
 async fn finish<K: MqttKernel>(
     connection: &Connection<K>,
     step: Step,
     append: Option<&Result<(), KernelError>>,
+    forwards: &mut Forwards,
+    acks: &mut BytesMut,
 ) -> Result<(), End> {
     let level = connection.level;
     let (message, pkid) = match step {
         Step::AckOnly { pkid } => {
-            connection
-                .link
-                .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, reason::SUCCESS));
+            codec::encode_ack(acks, level, codec::PUBREC, pkid, reason::SUCCESS);
             return Ok(());
         }
         Step::Denied { qos, pkid } => {
@@ -138,20 +152,18 @@ async fn finish<K: MqttKernel>(
                 2 => codec::PUBREC,
                 _ => return Ok(()),
             };
-            connection
-                .link
-                .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
+            codec::encode_ack(acks, level, packet_type, pkid, code);
             return Ok(());
         }
         Step::Route { message, pkid, .. } => (message, pkid),
     };
     if let Some(Err(e)) = append {
-        return refuse(connection, &message, pkid, e);
+        return refuse(connection, &message, pkid, e, acks);
     }
     let qos = message.qos;
     let matched = connection
         .engine
-        .publish(message)
+        .publish_batched(message, forwards)
         .await
         .map_err(|_| End::ServerClose)?;
     let code = if matched {
@@ -160,12 +172,8 @@ async fn finish<K: MqttKernel>(
         reason::NO_MATCHING_SUBSCRIBERS
     };
     match qos {
-        1 => connection
-            .link
-            .write(|out| codec::encode_ack(out, level, codec::PUBACK, pkid, code)),
-        2 => connection
-            .link
-            .write(|out| codec::encode_ack(out, level, codec::PUBREC, pkid, code)),
+        1 => codec::encode_ack(acks, level, codec::PUBACK, pkid, code),
+        2 => codec::encode_ack(acks, level, codec::PUBREC, pkid, code),
         _ => {}
     }
     Ok(())
@@ -238,13 +246,14 @@ fn prepare<K: MqttKernel>(
     }))
 }
 
-/// A bridged publish whose Kafka append failed: not routed; v5 gets a negative PUBACK/PUBREC,
-/// 3.1/3.1.1 (no negative ack) is disconnected, QoS 0 is dropped.
+/// A bridged publish whose Kafka append failed: not routed; v5 gets a negative PUBACK/PUBREC
+/// (into `acks`), 3.1/3.1.1 (no negative ack) is disconnected, QoS 0 is dropped.
 fn refuse<K: MqttKernel>(
     connection: &Connection<K>,
     message: &Message,
     pkid: u16,
     error: &KernelError,
+    acks: &mut BytesMut,
 ) -> Result<(), End> {
     if message.qos == 0 {
         return Ok(());
@@ -273,9 +282,7 @@ fn refuse<K: MqttKernel>(
             });
         codec::PUBREC
     };
-    connection
-        .link
-        .write(|out| codec::encode_ack(out, level, packet_type, pkid, code));
+    codec::encode_ack(acks, level, packet_type, pkid, code);
     Ok(())
 }
 

@@ -161,6 +161,60 @@ def test_session_takeover_closes_the_old_connection(broker, level):
         assert current.payloads() == [b"r%d" % round_]
 
 
+@pytest.mark.timeout(240)
+def test_no_qos1_message_is_lost_while_a_session_moves_between_shards(broker):
+    """A publisher runs at full speed while one persistent session is taken over 40 times; with
+    two shards about half the moves cross shards. Every acknowledged QoS 1 message must reach
+    the session (on some connection, duplicates allowed). Before the old shard forwarded during
+    a move, messages published in the window between the old shard dropping its routes and the
+    new shard's routes reaching every shard were lost."""
+    import threading
+
+    client_id = unique_id("mover")
+    topic = "move/" + unique_id()
+    instances = [Client(broker.mqtt_port, client_id=client_id, protocol=V311, clean=False)]
+    instances[0].subscribe(topic, 1)
+    pub = Client(broker.mqtt_port)
+    stop = threading.Event()
+    published = []
+
+    def publish_forever():
+        seq = 0
+        while not stop.is_set():
+            published.append(pub.publish(topic, b"%d" % seq, qos=1, wait=False))
+            seq += 1
+            if seq % 200 == 0:
+                published[-1].wait_for_publish(10)
+
+    thread = threading.Thread(target=publish_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(40):
+            before = len(instances[-1].messages)
+            wait_until(lambda: len(instances[-1].messages) > before, 10,
+                       msg="traffic reaches the session before the next move")
+            newer = Client(broker.mqtt_port, client_id=client_id, protocol=V311, clean=False)
+            assert newer.session_present
+            instances.append(newer)
+    finally:
+        stop.set()
+        thread.join(30)
+    for info in published:
+        info.wait_for_publish(30)
+    sent = {b"%d" % i for i in range(len(published))}
+
+    def missing():
+        got = set()
+        for c in instances:
+            got.update(c.payloads())
+        return sent - got
+
+    wait_until(lambda: not missing(), 30, interval_s=0.1,
+               msg="every acknowledged message delivered (missing %d of %d)"
+               % (len(missing()), len(sent)))
+    assert len(sent) > 1000
+
+
 @pytest.mark.parametrize("level", [V31, V311, V5])
 def test_will_is_published_on_abrupt_disconnect_only(broker, level):
     topic = "will/" + unique_id()

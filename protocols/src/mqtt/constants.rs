@@ -132,3 +132,12 @@ pub const DEFAULT_STATE_FLUSH_INTERVAL_MS: u64 = 200;
 /// Bounds of `mqtt.state_flush_interval_ms`.
 pub const STATE_FLUSH_INTERVAL_MS_MIN: u64 = 10;
 pub const STATE_FLUSH_INTERVAL_MS_MAX: u64 = 60_000;
+
+/// Longest a shard keeps forwarding publishes for a session that moved to another shard, in
+/// case the new shard never reports its routes applied (it normally does within milliseconds).
+/// Below `MIGRATION_DEDUP_WINDOW_MS`, so forwarded copies are still deduplicated.
+pub const MOVE_FORWARD_MAX_MS: u64 = 3_000;
+/// Messages a shard holds for forwarding to moved sessions (and forwarded messages held for a
+/// session not installed yet); past it they are dropped and logged.
+pub const FORWARD_QUEUE_MAX: usize = 65_536;
+const _: () = assert!(MOVE_FORWARD_MAX_MS < MIGRATION_DEDUP_WINDOW_MS);

@@ -30,13 +30,13 @@
 //! - `registry`: client id -> shard of its session, for the client ids hashed to this shard
 //!   (single writer per client id). CONNECT claims the id there; if the session is on another
 //!   shard, that shard closes the old connection (v5 0x8E) and hands the session over (it is
-//!   `Send`), and the new shard installs its subscriptions. Known gap: a publish routed
-//!   after the old shard dropped the subscriptions and before every shard has applied the new
-//!   shard's interest is not delivered to that session (unless the new shard already routed
-//!   the filter for another client). A copy that reaches the session twice during the move
-//!   (in the handed-over queue and again directly) is dropped by message id for
-//!   `MIGRATION_DEDUP_WINDOW_MS`. Closing the gap needs the old shard to forward until the new
-//!   shard's interest is acknowledged.
+//!   `Send`), and the new shard installs its subscriptions. The old shard keeps the session's
+//!   routes (`moved_out`) and forwards what they match to the new shard (`Forwarded`, in
+//!   order, by one forwarder task) until the new shard's routes are applied on every shard
+//!   (`MoveDone`, at most `MOVE_FORWARD_MAX_MS`): no publish falls between the two. A copy that
+//!   reaches the session twice during the move (handed-over queue, forwarded, direct) is
+//!   dropped by message id for `MIGRATION_DEDUP_WINDOW_MS`. During the move a forwarded
+//!   message may arrive after a later one routed directly.
 //! - `retained`: the retained store, used on shard 0 only (see `retained`).
 //! - persistence (see `persist`): persistent sessions changed since the last write
 //!   (`SessionEntry::state_dirty`), ended ones (`ended_sessions`) and changed retained topics
@@ -48,7 +48,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -65,9 +65,10 @@ use super::bridge;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
-    BRIDGE_BATCH_MAX_BYTES, MAX_SESSIONS_PER_SHARD, MESH_DELIVER_BATCHES_IN_FLIGHT,
-    MESH_DELIVER_BATCH_MAX, MIGRATION_DEDUP_WINDOW_MS, OUTBOX_MAX_BYTES, SESSION_IMAGE_MAX_BYTES,
-    SESSION_NEVER_EXPIRES_S, SYS_INTERVAL_MS,
+    BRIDGE_BATCH_MAX_BYTES, FORWARD_QUEUE_MAX, MAX_SESSIONS_PER_SHARD,
+    MESH_DELIVER_BATCHES_IN_FLIGHT, MESH_DELIVER_BATCH_MAX, MIGRATION_DEDUP_WINDOW_MS,
+    MOVE_FORWARD_MAX_MS, OUTBOX_MAX_BYTES, SESSION_IMAGE_MAX_BYTES, SESSION_NEVER_EXPIRES_S,
+    SYS_INTERVAL_MS,
 };
 use super::kernel::{MeshClosed, MqttKernel};
 use super::message::{Message, SharedMessage};
@@ -164,7 +165,18 @@ pub enum ShardMessage {
     Takeover {
         client_id: String,
         clean_start: bool,
+        /// The shard the session moves to: publishes routed to the old shard until `MoveDone`
+        /// are forwarded there.
+        to: u16,
         reply: flume::Sender<Option<Session>>,
+    },
+    /// The moved session of `client_id` is routed from its new shard on every shard: the old
+    /// shard drops its routes and stops forwarding.
+    MoveDone { client_id: String },
+    /// Messages routed to the old shard of a moving session, for its new shard, in order.
+    Forwarded {
+        client_id: String,
+        outgoings: Vec<Outgoing>,
     },
     /// Retained store (shard 0): store or delete.
     Retain {
@@ -329,6 +341,20 @@ struct State {
     /// Retained topics changed since the last state write (shard 0); at most one entry per
     /// topic.
     retained_dirty: HashSet<String>,
+    /// Sessions that moved to another shard and whose routes are kept here meanwhile (see
+    /// `take_session`).
+    moved_out: HashMap<Rc<str>, MovedOut>,
+    /// Messages for moved sessions, waiting for the forwarder (at most `FORWARD_QUEUE_MAX`).
+    forward_queue: VecDeque<(u16, String, Outgoing)>,
+    forward_overflow: bool,
+    /// Forwarded messages that arrived before their session was installed here.
+    early_forwards: HashMap<String, Vec<Outgoing>>,
+}
+
+/// A session that moved away: where to, and its subscriptions (the routes kept here).
+struct MovedOut {
+    to: u16,
+    subscriptions: BTreeMap<String, Subscription>,
 }
 
 /// The latest state of one (filter, route) not yet broadcast, and who waits for it.
@@ -434,6 +460,8 @@ pub struct MqttShard<K: MqttKernel> {
     pub pending_password_checks: Cell<usize>,
     /// One state write at a time (`write_state`).
     state_write_turn: Turn,
+    /// Wakes the forwarder (`run_forwarder`).
+    forward_wakeup: Notify,
 }
 
 /// A single-threaded lock for one task at a time across awaits. `Notify` keeps one waker, so
@@ -492,11 +520,16 @@ impl<K: MqttKernel> MqttShard<K> {
             verified_logins: VerifiedCache::default(),
             pending_password_checks: Cell::new(0),
             state_write_turn: Turn::default(),
+            forward_wakeup: Notify::default(),
         });
         let broadcaster = shard.clone();
         shard.kernel.spawn(Box::pin(
             async move { broadcaster.broadcast_interest().await },
         ));
+        let forwarder = shard.clone();
+        shard
+            .kernel
+            .spawn(Box::pin(async move { forwarder.run_forwarder().await }));
         shard
     }
 
@@ -948,7 +981,22 @@ impl<K: MqttKernel> MqttShard<K> {
         let mut state = self.state.borrow_mut();
         for target in targets {
             let Some(entry) = state.sessions.get_mut(&*target.client) else {
-                debug!(client = %target.client, "shared subscription member gone");
+                let moved = state.moved_out.get(&*target.client).and_then(|m| {
+                    let sub = m.subscriptions.get(&*target.share_filter)?;
+                    Some((m.to, sub.clone()))
+                });
+                match moved {
+                    Some((to, sub)) => {
+                        let outgoing = Outgoing {
+                            message: message.clone(),
+                            qos: sub.qos.min(message.qos),
+                            retain: sub.retain_as_published && message.retain,
+                            subscription_ids: sub.subscription_id.into_iter().collect(),
+                        };
+                        self.forward(&mut state, to, &target.client, outgoing);
+                    }
+                    None => debug!(client = %target.client, "shared subscription member gone"),
+                }
                 continue;
             };
             let Some(subscription) = entry.session.subscriptions.get(&*target.share_filter) else {
@@ -1007,6 +1055,7 @@ impl<K: MqttKernel> MqttShard<K> {
                 true
             });
         }
+        let mut moved = Vec::new();
         for (client, outgoing) in targets {
             if let Some(entry) = sessions.get_mut(&client) {
                 if !self.may_receive(&client, entry, &message.topic) {
@@ -1015,6 +1064,13 @@ impl<K: MqttKernel> MqttShard<K> {
                 if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
                     bump(&self.stats.messages_sent, 1);
                 }
+            } else {
+                moved.push((client, outgoing));
+            }
+        }
+        for (client, outgoing) in moved {
+            if let Some(to) = state.moved_out.get(&client).map(|m| m.to) {
+                self.forward(&mut state, to, &client, outgoing);
             }
         }
     }
@@ -1121,6 +1177,7 @@ impl<K: MqttKernel> MqttShard<K> {
             let takeover = ShardMessage::Takeover {
                 client_id: client_id.to_string(),
                 clean_start,
+                to: me,
                 reply,
             };
             self.kernel.send(previous, takeover).await?;
@@ -1131,8 +1188,15 @@ impl<K: MqttKernel> MqttShard<K> {
         self.next_generation.set(generation);
         let mut waiters = Vec::new();
         let session_present;
+        let moved_from = previous.filter(|p| *p != me && moved.is_some());
         {
             let mut state = self.state.borrow_mut();
+            // Back on a shard it moved away from: the routes kept here are replaced below.
+            if let Some(stale) = state.moved_out.remove(client_id) {
+                for filter in stale.subscriptions.keys() {
+                    self.remove_route(&mut state, client_id, filter);
+                }
+            }
             let existing = state.sessions.remove(client_id);
             // A session of this id existed (here or elsewhere): an image of it may be stored,
             // and this shard now writes that key (see `persist`).
@@ -1186,10 +1250,22 @@ impl<K: MqttKernel> MqttShard<K> {
                 offline_since_ms: 0,
             };
             entry.touch();
+            let early = state.early_forwards.remove(&**client_id);
             state.sessions.insert(client_id.clone(), entry);
+            drop(state);
+            if let Some(early) = early {
+                self.deliver_forwarded(client_id, early);
+            }
         }
         for waiter in waiters {
             let _ = waiter.recv_async().await;
+        }
+        if let Some(from) = moved_from {
+            // Routed from here on every shard: the old shard may stop forwarding.
+            let done = ShardMessage::MoveDone {
+                client_id: client_id.to_string(),
+            };
+            self.kernel.send(from, done).await?;
         }
         if session_present {
             self.schedule_end_dedup(client_id.clone(), generation);
@@ -1545,10 +1621,20 @@ impl<K: MqttKernel> MqttShard<K> {
             ShardMessage::Takeover {
                 client_id,
                 clean_start,
+                to,
                 reply,
             } => {
-                let session = self.take_session(&client_id, clean_start);
+                let session = self.take_session(&client_id, clean_start, to);
                 let _ = reply.try_send(session);
+            }
+            ShardMessage::MoveDone { client_id } => {
+                self.finish_move(&client_id);
+            }
+            ShardMessage::Forwarded {
+                client_id,
+                outgoings,
+            } => {
+                self.deliver_forwarded(&client_id, outgoings);
             }
             ShardMessage::Retain { message, ack } => {
                 self.retain_here(message);
@@ -1567,14 +1653,152 @@ impl<K: MqttKernel> MqttShard<K> {
 
     /// Takeover from another shard: close the connection, remove the session and its
     /// subscriptions here, and hand it over unless it is to be discarded.
-    fn take_session(&self, client_id: &str, clean_start: bool) -> Option<Session> {
+    /// Keeps the routes of a session that moves to shard `to`: until `to` reports its own
+    /// routes applied everywhere (`MoveDone`, or `MOVE_FORWARD_MAX_MS`), messages matched
+    /// here for the client are forwarded to `to` instead of reaching nobody.
+    fn take_session(
+        self: &Rc<Self>,
+        client_id: &str,
+        clean_start: bool,
+        to: u16,
+    ) -> Option<Session> {
         let mut state = self.state.borrow_mut();
         let (client, entry) = state.sessions.remove_entry(client_id)?;
         if let Some(link) = &entry.link {
             link.close(codec::reason::SESSION_TAKEN_OVER);
         }
-        self.drop_subscriptions(&mut state, &client, &entry.session);
-        (!clean_start).then_some(entry.session)
+        if clean_start {
+            self.drop_subscriptions(&mut state, &client, &entry.session);
+            return None;
+        }
+        let moved = MovedOut {
+            to,
+            subscriptions: entry.session.subscriptions.clone(),
+        };
+        if let Some(previous) = state.moved_out.insert(client.clone(), moved) {
+            // Moved away before (and back): those routes are the same client's; drop the ones
+            // the session no longer has.
+            for filter in previous.subscriptions.keys() {
+                if !entry.session.subscriptions.contains_key(filter) {
+                    self.remove_route(&mut state, &client, filter);
+                }
+            }
+        }
+        drop(state);
+        let shard = self.clone();
+        let sleep = self
+            .kernel
+            .sleep(Duration::from_millis(MOVE_FORWARD_MAX_MS));
+        let name = client.to_string();
+        self.kernel.spawn(Box::pin(async move {
+            sleep.await;
+            shard.finish_move(&name);
+        }));
+        Some(entry.session)
+    }
+
+    /// Drops the routes kept for a session that moved away (see `take_session`), unless the
+    /// session came back meanwhile.
+    fn finish_move(&self, client_id: &str) {
+        let mut state = self.state.borrow_mut();
+        let Some((client, moved)) = state.moved_out.remove_entry(client_id) else {
+            return;
+        };
+        if state.sessions.contains_key(client_id) {
+            return;
+        }
+        for filter in moved.subscriptions.keys() {
+            self.remove_route(&mut state, &client, filter);
+        }
+    }
+
+    /// Queues `outgoing`, matched here for a session that moved to shard `to`, for the
+    /// forwarder. Past `FORWARD_QUEUE_MAX` messages it is dropped (logged once per burst).
+    fn forward(&self, state: &mut State, to: u16, client: &str, outgoing: Outgoing) {
+        if state.forward_queue.len() >= FORWARD_QUEUE_MAX {
+            if !state.forward_overflow {
+                state.forward_overflow = true;
+                warn!(
+                    limit = FORWARD_QUEUE_MAX,
+                    "forward queue of moving sessions full; messages dropped"
+                );
+            }
+            return;
+        }
+        state.forward_overflow = false;
+        state
+            .forward_queue
+            .push_back((to, client.to_string(), outgoing));
+        self.forward_wakeup.notify();
+    }
+
+    /// The one task that sends queued forwards, in order, one mesh message per run of
+    /// messages for the same (shard, client).
+    async fn run_forwarder(self: Rc<Self>) {
+        loop {
+            self.forward_wakeup.notified().await;
+            loop {
+                let next = {
+                    let mut state = self.state.borrow_mut();
+                    let Some((to, client, first)) = state.forward_queue.pop_front() else {
+                        break;
+                    };
+                    let mut outgoings = vec![first];
+                    while let Some((next_to, next_client, _)) = state.forward_queue.front() {
+                        if *next_to != to || *next_client != client {
+                            break;
+                        }
+                        if let Some((_, _, outgoing)) = state.forward_queue.pop_front() {
+                            outgoings.push(outgoing);
+                        }
+                    }
+                    (to, client, outgoings)
+                };
+                let (to, client_id, outgoings) = next;
+                let message = ShardMessage::Forwarded {
+                    client_id,
+                    outgoings,
+                };
+                if self.kernel.send(to, message).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Messages another shard forwarded for a session that moved here (or moves on).
+    fn deliver_forwarded(&self, client_id: &str, outgoings: Vec<Outgoing>) {
+        let now = self.kernel.now_ms();
+        let mut state = self.state.borrow_mut();
+        if let Some(entry) = state.sessions.get_mut(client_id) {
+            for outgoing in outgoings {
+                if !self.may_receive(client_id, entry, &outgoing.message.topic) {
+                    continue;
+                }
+                if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
+                    bump(&self.stats.messages_sent, 1);
+                }
+            }
+            return;
+        }
+        if let Some(to) = state.moved_out.get(client_id).map(|m| m.to) {
+            for outgoing in outgoings {
+                self.forward(&mut state, to, client_id, outgoing);
+            }
+            return;
+        }
+        // Before the session is installed here (its connect has not resumed yet): kept for it.
+        let held: usize = state.early_forwards.values().map(Vec::len).sum();
+        if held + outgoings.len() > FORWARD_QUEUE_MAX {
+            warn!(client = %client_id, "forwarded messages for an unknown session dropped");
+            state.early_forwards.clear();
+            return;
+        }
+        state
+            .early_forwards
+            .entry(client_id.to_string())
+            .or_default()
+            .extend(outgoings);
     }
 
     // ------------------------------------------------------------ persistence

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from conftest import wait_until
+from test_admin_http import get, parse_metrics, total
 from kafka_util import admin, consume_all, topic_partitions
 from mqtt_util import (Client, V311, V5, LEVEL_NAMES, raw_connect, publish_packet, unique_id,
                        Properties, PacketTypes)
@@ -129,6 +130,16 @@ def test_kafka_records_reach_mqtt_subscribers_exactly_once(broker_factory):
     assert ("origin", "kafka") in first.properties.UserProperty
     records, hw = consume_all(b.bootstrap, TOPIC, 1)
     assert hw[0] == 10, "the MQTT publish is stored once, in the Kafka topic"
+    # The bridge counters in /metrics: 6 Kafka records routed (k0-k4, last; the keyless, the
+    # outside-the-filter, the wildcard-key and the MQTT-origin records are not), 1 MQTT publish
+    # appended, no failures.
+    def bridge_counters():
+        samples = parse_metrics(get(b, "/metrics")[2])
+        return (total(samples, "rmq_mqtt_bridged_from_kafka_total"),
+                total(samples, "rmq_mqtt_bridged_to_kafka_total"),
+                total(samples, "rmq_mqtt_bridge_append_failures_total"))
+    wait_until(lambda: bridge_counters() == (6, 1, 0), 10,
+               msg="bridge counters (6, 1, 0), have %r" % (bridge_counters(),))
     pub.disconnect()
     sub5.disconnect()
     sub3.disconnect()

@@ -1,5 +1,6 @@
 //! Per-shard counters for `/metrics`: requests and latency histograms per Kafka API key, bytes
-//! in and out, and gauges (connections, partitions, groups, storage counters).
+//! in and out, and gauges (connections, partitions, groups, storage counters); MQTT
+//! connections, sessions, messages and bytes, bridge and `__mqtt_state` counters.
 //!
 //! Concurrency contract: each shard is the only writer of its `ShardMetrics` (relaxed atomic
 //! stores on its own thread, no locks on the data path); the admin HTTP thread only reads.
@@ -34,6 +35,16 @@ pub struct ShardMetrics {
     pub appended_bytes: AtomicU64,
     pub appended_batches: AtomicU64,
     pub fsyncs: AtomicU64,
+    pub mqtt_connections: AtomicU64,
+    pub mqtt_messages_received: AtomicU64,
+    pub mqtt_messages_sent: AtomicU64,
+    pub mqtt_bytes_received: AtomicU64,
+    pub mqtt_bytes_sent: AtomicU64,
+    pub mqtt_sessions: AtomicU64,
+    pub mqtt_bridged_to_kafka: AtomicU64,
+    pub mqtt_bridged_from_kafka: AtomicU64,
+    pub mqtt_bridge_append_failures: AtomicU64,
+    pub mqtt_state_records_written: AtomicU64,
 }
 
 fn zeros(count: usize) -> Vec<AtomicU64> {
@@ -85,7 +96,7 @@ fn load(counter: &AtomicU64) -> u64 {
 /// Renders every shard's metrics in the Prometheus text format (version 0.0.4).
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], api_name: impl Fn(i16) -> String) -> String {
     let mut out = String::new();
-    let simple: [Series; 8] = [
+    let simple: [Series; 18] = [
         (
             "rmq_kafka_bytes_in_total",
             "counter",
@@ -127,6 +138,66 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], api_name: impl Fn(i16) ->
             "counter",
             "fdatasync calls on segment files",
             |m| &m.fsyncs,
+        ),
+        (
+            "rmq_mqtt_connections",
+            "gauge",
+            "Open MQTT connections (TCP and WebSocket)",
+            |m| &m.mqtt_connections,
+        ),
+        (
+            "rmq_mqtt_sessions",
+            "gauge",
+            "MQTT sessions held, connected or not",
+            |m| &m.mqtt_sessions,
+        ),
+        (
+            "rmq_mqtt_messages_received_total",
+            "counter",
+            "MQTT PUBLISH messages received from clients (and bridged in)",
+            |m| &m.mqtt_messages_received,
+        ),
+        (
+            "rmq_mqtt_messages_sent_total",
+            "counter",
+            "MQTT PUBLISH messages sent to clients",
+            |m| &m.mqtt_messages_sent,
+        ),
+        (
+            "rmq_mqtt_bytes_received_total",
+            "counter",
+            "MQTT bytes read from clients",
+            |m| &m.mqtt_bytes_received,
+        ),
+        (
+            "rmq_mqtt_bytes_sent_total",
+            "counter",
+            "MQTT bytes written to clients",
+            |m| &m.mqtt_bytes_sent,
+        ),
+        (
+            "rmq_mqtt_bridged_to_kafka_total",
+            "counter",
+            "MQTT publishes a bridge rule appended to Kafka",
+            |m| &m.mqtt_bridged_to_kafka,
+        ),
+        (
+            "rmq_mqtt_bridged_from_kafka_total",
+            "counter",
+            "Kafka records a bridge rule routed to MQTT subscribers",
+            |m| &m.mqtt_bridged_from_kafka,
+        ),
+        (
+            "rmq_mqtt_bridge_append_failures_total",
+            "counter",
+            "MQTT publishes a bridge rule could not append to Kafka",
+            |m| &m.mqtt_bridge_append_failures,
+        ),
+        (
+            "rmq_mqtt_state_records_written_total",
+            "counter",
+            "Records written to __mqtt_state (retained messages, persistent sessions)",
+            |m| &m.mqtt_state_records_written,
         ),
     ];
     for (name, kind, help, field) in simple {

@@ -470,6 +470,31 @@ fn spawn_metrics_refresh(shard: &Rc<Shard>) {
             ShardMetrics::set(&metrics.appended_bytes, stats.appended_bytes);
             ShardMetrics::set(&metrics.appended_batches, stats.appended_batches);
             ShardMetrics::set(&metrics.fsyncs, stats.fsyncs);
+            let engine = mqtt::engine(&shard);
+            let mqtt = engine.stats.snapshot();
+            let counters = &engine.stats;
+            ShardMetrics::set(&metrics.mqtt_connections, mqtt.connections);
+            ShardMetrics::set(&metrics.mqtt_sessions, engine.session_count() as u64);
+            ShardMetrics::set(&metrics.mqtt_messages_received, mqtt.messages_received);
+            ShardMetrics::set(&metrics.mqtt_messages_sent, mqtt.messages_sent);
+            ShardMetrics::set(&metrics.mqtt_bytes_received, mqtt.bytes_received);
+            ShardMetrics::set(&metrics.mqtt_bytes_sent, mqtt.bytes_sent);
+            ShardMetrics::set(
+                &metrics.mqtt_bridged_to_kafka,
+                counters.bridged_to_kafka.get(),
+            );
+            ShardMetrics::set(
+                &metrics.mqtt_bridged_from_kafka,
+                counters.bridged_from_kafka.get(),
+            );
+            ShardMetrics::set(
+                &metrics.mqtt_bridge_append_failures,
+                counters.bridge_append_failures.get(),
+            );
+            ShardMetrics::set(
+                &metrics.mqtt_state_records_written,
+                counters.state_records_written.get(),
+            );
         }
     })
     .detach();

@@ -213,6 +213,8 @@ impl Tailer {
                 if engine.publish(message).await.is_err() {
                     return;
                 }
+                let routed = engine.stats.bridged_from_kafka.get() + 1;
+                engine.stats.bridged_from_kafka.set(routed);
             }
             match decoded.next_offset {
                 Some(next) => self.next_offset = next,

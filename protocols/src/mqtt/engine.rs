@@ -388,6 +388,10 @@ pub struct Stats {
     pub bridge_append_failures: Cell<u64>,
     /// Records written to `__mqtt_state` (see `persist`).
     pub state_records_written: Cell<u64>,
+    /// MQTT publishes a bridge rule appended to Kafka.
+    pub bridged_to_kafka: Cell<u64>,
+    /// Kafka records a bridge tailer routed to MQTT subscribers.
+    pub bridged_from_kafka: Cell<u64>,
 }
 
 /// The counters of one shard, or their sum over the node.
@@ -858,6 +862,8 @@ impl<K: MqttKernel> MqttShard<K> {
                 }
             }
         }
+        let appended = results.iter().filter(|r| r.is_ok()).count();
+        bump(&self.stats.bridged_to_kafka, appended as u64);
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
             let failures = self.stats.bridge_append_failures.get().wrapping_add(1);
             self.stats.bridge_append_failures.set(failures);

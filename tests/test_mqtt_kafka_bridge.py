@@ -200,7 +200,7 @@ def test_restart_keeps_the_appended_records(broker_factory):
     assert topic_partitions(b.bootstrap, TOPIC) == 2
     values = sorted(int(r[2][1:]) for recs in records.values() for r in recs)
     assert values == list(range(20))
-    # The tailer starts at the log end after the restart: old records are not re-delivered.
+    # The tailer goes on where it stopped: routed records are not delivered again.
     sub = Client(b.mqtt_port, protocol=V5)
     sub.subscribe("sensors/#", qos=1)
     p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all"})
@@ -229,3 +229,42 @@ def test_a_will_on_a_bridged_topic_is_appended_and_routed_once(broker_factory):
     assert [(m.topic, m.payload) for m in sub.messages] == \
         [("sensors/will", b"gone"), ("sensors/end", b"end")]
     sub.disconnect()
+
+
+def test_the_tailer_goes_on_where_it_stopped_across_restarts(broker_factory):
+    """Kafka records appended while no tailer ran (the rule was taken out for one run) reach
+    the MQTT subscriber once the rule is back: the tailer's position is kept in __mqtt_state.
+    Records routed before are not delivered again."""
+    b = broker_factory(cores=2, config=bridge_config(1))
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    sub_id = unique_id("bridge-sub")
+    sub = Client(b.mqtt_port, client_id=sub_id, protocol=V5, clean=False, connect_properties=props)
+    sub.subscribe("sensors/#", qos=1)
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all"})
+    for i in range(3):
+        p.produce(TOPIC, key=b"sensors/x", value=b"before-%d" % i)
+    assert p.flush(30) == 0
+    wait_until(lambda: len(sub.messages) >= 3, 20, msg="records routed before the restart")
+    sub.disconnect()
+    with open(b.config_file, "w") as f:
+        f.write("")  # no bridge rule for one run: nothing tails the topic
+    b.restart()
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all"})
+    for i in range(4):
+        p.produce(TOPIC, key=b"sensors/x", value=b"while-off-%d" % i)
+    assert p.flush(30) == 0
+    with open(b.config_file, "w") as f:
+        f.write(bridge_config(1))
+    b.restart()
+    back = Client(b.mqtt_port, client_id=sub_id, protocol=V5, clean=False,
+                  connect_properties=props)
+    assert back.session_present
+    wait_until(lambda: len(back.messages) >= 4, 20, msg="records appended while no tailer ran")
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all"})
+    p.produce(TOPIC, key=b"sensors/x", value=b"marker")
+    assert p.flush(30) == 0
+    wait_until(lambda: len(back.messages) >= 5, 20, msg="marker")
+    assert [m.payload for m in back.messages] == \
+        [b"while-off-%d" % i for i in range(4)] + [b"marker"]
+    back.disconnect()

@@ -4,8 +4,10 @@
 //! - At startup shard 0 creates each rule's Kafka topic if it is missing (`partitions`, default
 //!   the node's core count); an existing topic keeps its partitions and configs.
 //! - Kafka -> MQTT: every shard runs one tailer task per bridged partition it owns. A tailer
-//!   starts at the log end it finds at startup (records produced while the node was down are
-//!   not routed to MQTT; Kafka consumers still read them), waits for data past its position,
+//!   starts where it stopped before a restart (its next offset is kept in `__mqtt_state`,
+//!   written every `mqtt.state_flush_interval_ms` and at shutdown; after a crash the records
+//!   of the last interval are routed again) or, the first time, at the log end; it waits for
+//!   data past its position,
 //!   reads at most `BRIDGE_READ_MAX_BYTES`, and routes each record produced by a Kafka client
 //!   through this shard's MQTT engine as a QoS 1 publish. The node reports ready only after
 //!   every tailer has its start position, so a record produced after the ready line is routed.
@@ -20,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rmq_protocols::kernel::{
-    Kernel, KernelError, ReadInput, TopicPartition, TopicSpec, LIST_OFFSETS_LATEST,
+    Kernel, KernelError, ReadInput, TopicPartition, TopicSpec, LIST_OFFSETS_EARLIEST,
+    LIST_OFFSETS_LATEST,
 };
 use rmq_protocols::mqtt::bridge::{decode_records, BridgeRule};
 use rmq_protocols::mqtt::message::Message;
@@ -95,6 +98,7 @@ pub async fn start_tailers(shard: &Rc<Shard>) -> anyhow::Result<()> {
         glommio::timer::sleep(Duration::from_millis(TOPIC_WAIT_POLL_MS)).await;
     }
     let kernel = ShardKernel::new(shard.clone());
+    let engine = super::engine(shard);
     for rule in rules {
         let partition_count = shard
             .metadata()
@@ -109,10 +113,27 @@ pub async fn start_tailers(shard: &Rc<Shard>) -> anyhow::Result<()> {
             if shard.owner_of(&partition) != Some(shard.id) {
                 continue;
             }
-            let (start, _) = kernel
+            let (end, _) = kernel
                 .list_offset(partition.clone(), LIST_OFFSETS_LATEST)
                 .await
                 .map_err(|e| anyhow::anyhow!("bridge: log end of {partition:?}: {e}"))?;
+            let (log_start, _) = kernel
+                .list_offset(partition.clone(), LIST_OFFSETS_EARLIEST)
+                .await
+                .map_err(|e| anyhow::anyhow!("bridge: log start of {partition:?}: {e}"))?;
+            // Where the tailer stopped before the restart, if it still lies in the log;
+            // otherwise (first start, a log cut since) the log end.
+            let start = engine
+                .bridge_position(&partition.topic, partition.partition)
+                .filter(|stopped| (log_start..=end).contains(stopped))
+                .unwrap_or(end);
+            if start < end {
+                info!(
+                    ?partition,
+                    records = end - start,
+                    "bridge: routing records not routed before the restart"
+                );
+            }
             debug!(?partition, start, "bridge: tailing");
             let tailer = Tailer {
                 shard: shard.clone(),
@@ -217,7 +238,14 @@ impl Tailer {
                 engine.stats.bridged_from_kafka.set(routed);
             }
             match decoded.next_offset {
-                Some(next) => self.next_offset = next,
+                Some(next) => {
+                    self.next_offset = next;
+                    engine.set_bridge_position(
+                        &self.partition.topic,
+                        self.partition.partition,
+                        next,
+                    );
+                }
                 None => {
                     // Nothing at or past our position in what was read (compacted away).
                     self.next_offset = self.next_offset.max(output.high_watermark);

@@ -349,6 +349,9 @@ struct State {
     forward_overflow: bool,
     /// Forwarded messages that arrived before their session was installed here.
     early_forwards: HashMap<String, Vec<Outgoing>>,
+    /// Next offset of each bridge tailer (Kafka topic, partition) as stored and last moved
+    /// here, and whether it moved since the last state write.
+    bridge_positions: HashMap<(String, i32), (i64, bool)>,
 }
 
 /// A session that moved away: where to, and its subscriptions (the routes kept here).
@@ -1857,6 +1860,14 @@ impl<K: MqttKernel> MqttShard<K> {
                 value: Some(value),
             });
         }
+        for ((topic, partition), (next_offset, dirty)) in state.bridge_positions.iter_mut() {
+            if std::mem::take(dirty) {
+                records.push(StateRecord {
+                    key: persist::bridge_position_key(topic, *partition),
+                    value: Some(persist::encode_bridge_position(*next_offset)),
+                });
+            }
+        }
         let topics = std::mem::take(&mut state.retained_dirty);
         for topic in topics {
             let value = state
@@ -1869,6 +1880,27 @@ impl<K: MqttKernel> MqttShard<K> {
             });
         }
         records
+    }
+
+    /// Where the bridge tailer of (`topic`, `partition`) stopped, as read back at startup.
+    pub fn bridge_position(&self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.state.borrow();
+        let key = (topic.to_string(), partition);
+        state.bridge_positions.get(&key).map(|(offset, _)| *offset)
+    }
+
+    /// The bridge tailer of (`topic`, `partition`) routed everything before `next_offset`
+    /// (written with the next state write).
+    pub fn set_bridge_position(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut state = self.state.borrow_mut();
+        let key = (topic.to_string(), partition);
+        match state.bridge_positions.get_mut(&key) {
+            Some(position) if position.0 == next_offset => {}
+            Some(position) => *position = (next_offset, true),
+            None => {
+                state.bridge_positions.insert(key, (next_offset, true));
+            }
+        }
     }
 
     /// Marks the keys of records that could not be written, for the next write.
@@ -1885,6 +1917,14 @@ impl<K: MqttKernel> MqttShard<K> {
                         state.ended_sessions.insert(Rc::from(client));
                     }
                 },
+                Some(StateKey::BridgePosition(topic, partition)) => {
+                    if let Some(position) = state
+                        .bridge_positions
+                        .get_mut(&(topic.to_string(), partition))
+                    {
+                        position.1 = true;
+                    }
+                }
                 None => {}
             }
         }
@@ -2023,6 +2063,16 @@ impl<K: MqttKernel> MqttShard<K> {
                             expiries.push((client, generation, left_s));
                         }
                         restored.sessions += 1;
+                    }
+                    Some(StateKey::BridgePosition(topic, partition)) => {
+                        match persist::decode_bridge_position(value) {
+                            Some(next_offset) => {
+                                state
+                                    .bridge_positions
+                                    .insert((topic.to_string(), partition), (next_offset, false));
+                            }
+                            None => restored.skipped += 1,
+                        }
                     }
                     Some(_) => {}
                     None => restored.skipped += 1,

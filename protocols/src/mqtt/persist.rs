@@ -7,6 +7,8 @@
 //!   writes these (it owns the retained store), in order.
 //! - key `s` + client id: a session image; a tombstone ends the session. The shard holding the
 //!   session writes it. The latest record of a key wins when the topic is read back.
+//! - key `b` + partition (i32, big-endian) + Kafka topic: where a bridge tailer goes on (the
+//!   next offset to route to MQTT, i64 big-endian). The partition's shard writes it.
 //!
 //! When: each shard keeps the keys changed since its last write and writes their current state
 //! every `mqtt.state_flush_interval_ms`, as one durable append, and once more at shutdown. A
@@ -31,6 +33,8 @@ pub const STATE_TOPIC: &str = "__mqtt_state";
 pub const RETAINED_PREFIX: u8 = b'r';
 /// Key prefix of a session image.
 pub const SESSION_PREFIX: u8 = b's';
+/// Key prefix of a bridge tailer's position.
+pub const BRIDGE_POSITION_PREFIX: u8 = b'b';
 /// Layout version of the values written here.
 pub const STATE_FORMAT_VERSION: u8 = 1;
 
@@ -46,6 +50,24 @@ pub struct StateRecord {
 pub enum StateKey<'a> {
     Retained(&'a str),
     Session(&'a str),
+    /// (Kafka topic, partition) of a bridge tailer.
+    BridgePosition(&'a str, i32),
+}
+
+pub fn bridge_position_key(topic: &str, partition: i32) -> Bytes {
+    let mut key = BytesMut::with_capacity(5 + topic.len());
+    key.put_u8(BRIDGE_POSITION_PREFIX);
+    key.put_i32(partition);
+    key.put_slice(topic.as_bytes());
+    key.freeze()
+}
+
+pub fn encode_bridge_position(next_offset: i64) -> Bytes {
+    Bytes::copy_from_slice(&next_offset.to_be_bytes())
+}
+
+pub fn decode_bridge_position(value: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(value.try_into().ok()?)).filter(|offset| *offset >= 0)
 }
 
 pub fn retained_key(topic: &str) -> Bytes {
@@ -65,6 +87,14 @@ fn prefixed(prefix: u8, name: &str) -> Bytes {
 
 pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
     let (&prefix, name) = key.split_first()?;
+    if prefix == BRIDGE_POSITION_PREFIX {
+        let (partition, topic) = name.split_at_checked(4)?;
+        let partition = i32::from_be_bytes(partition.try_into().ok()?);
+        return Some(StateKey::BridgePosition(
+            std::str::from_utf8(topic).ok()?,
+            partition,
+        ));
+    }
     let name = std::str::from_utf8(name).ok()?;
     match prefix {
         RETAINED_PREFIX => Some(StateKey::Retained(name)),
@@ -411,6 +441,16 @@ mod tests {
             parse_key(&session_key("c:1")),
             Some(StateKey::Session("c:1"))
         );
+        assert_eq!(
+            parse_key(&bridge_position_key("sensors", 7)),
+            Some(StateKey::BridgePosition("sensors", 7))
+        );
+        assert_eq!(
+            decode_bridge_position(&encode_bridge_position(42)),
+            Some(42)
+        );
+        assert_eq!(decode_bridge_position(b"short"), None);
+        assert_eq!(parse_key(b"b\0\0"), None);
         assert_eq!(parse_key(b"zz"), None);
         assert_eq!(parse_key(b""), None);
     }

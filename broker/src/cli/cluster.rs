@@ -114,8 +114,8 @@ fn cluster_status(admin: &str) -> anyhow::Result<serde_json::Value> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .with_context(|| format!("{addr}: not an HTTP response"))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
-    {
+    let status_code = head.split_whitespace().nth(1);
+    if !head.starts_with("HTTP/1.") || status_code != Some("200") {
         bail!(
             "{addr}/v1/cluster answered {}",
             head.lines().next().unwrap_or("")

@@ -290,3 +290,54 @@ def test_controller_leader_killed_new_one_elected_and_old_node_catches_up(broker
     for b in cluster.nodes.values():
         brokers, _, _ = node_metadata(b)
         assert (victim.rmq_node_id, victim.host, victim.port) in brokers
+
+
+def failed_start(args, timeout_s=60):
+    """Runs rmq-node with `args` (listeners on port 0) expecting it to exit with an error."""
+    out = subprocess.run([node_bin(), "--cores", "1", "--kafka-addr", "127.0.0.1:0",
+                          "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0",
+                          "--admin-addr", "127.0.0.1:0", *args],
+                         capture_output=True, timeout=timeout_s)
+    assert out.returncode != 0, "rmq-node started with %s" % (args,)
+    assert b"rmq-node ready" not in out.stdout
+    return out.stderr.decode()
+
+
+@pytest.mark.timeout(180)
+def test_bad_cluster_flags_and_data_dirs_stop_startup_with_a_clear_error(broker_factory, tmp_path):
+    port = free_ports(1)[0]
+    data = str(tmp_path / "bad")
+    cases = [
+        (["--node-id", "1", "--seeds", "1@127.0.0.1:%d,1@127.0.0.1:%d" % (port, port + 1)],
+         "--seeds: node id 1 appears twice"),
+        (["--node-id", "3", "--seeds", "1@127.0.0.1:%d,2@127.0.0.1:%d" % (port, port + 1)],
+         "(--node-id 3) is not one of the seeds"),
+        (["--node-id", "1", "--seeds", "1@127.0.0.1:0"], "a seed needs a fixed port"),
+        (["--node-id", "1", "--seeds", "1127.0.0.1:%d" % port], "is not ID@HOST:PORT"),
+        (["--node-id=-2"], "--node-id must be 0 or more"),
+        (["--rpc-addr", "no-port"], "--rpc-addr"),
+    ]
+    for args, message in cases:
+        err = failed_start(["--data-dir", data, *args])
+        assert message in err, "%s: %s" % (args, err)
+    # A single node's data dir (with a topic) cannot become a cluster node's.
+    single = broker_factory(cores=1)
+    create_through(single, unique_topic("solo"), 1, {})
+    single.stop()
+    err = failed_start(["--data-dir", single.data_dir, "--node-id", "0",
+                        "--rpc-addr", "127.0.0.1:%d" % port, "--seeds", "0@127.0.0.1:%d" % port])
+    assert "topics of a single node" in err, err
+    # A one-seed cluster is a cluster of one (quorum 1); its data dir then needs --seeds.
+    seeds = "5@127.0.0.1:%d" % port
+    solo = broker_factory(cores=1, start=False, extra_args=[
+        "--node-id", "5", "--rpc-addr", "127.0.0.1:%d" % port, "--seeds", seeds])
+    solo.rmq_node_id = 5
+    Cluster.start(solo)
+    wait_until(lambda: node_metadata(solo)[1] == 5, FORM_TIMEOUT_S, interval_s=0.1,
+               msg="the only seed did not become the controller")
+    name = unique_topic("one")
+    create_through(solo, name, 2, {})
+    wait_topic_everywhere([solo], name, 2, {})
+    solo.stop()
+    err = failed_start(["--data-dir", solo.data_dir, "--node-id", "5"])
+    assert "belongs to a cluster node; start it with --seeds" in err, err

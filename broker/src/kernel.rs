@@ -260,10 +260,14 @@ impl Kernel for ShardKernel {
         brokers
     }
 
+    /// In a cluster: the controller group's leader. While there is none (an election), this
+    /// node: every node serves admin requests (it forwards proposals to the leader once there
+    /// is one), and a client told "no controller" (-1) would stall until its next periodic
+    /// metadata refresh. KRaft brokers answer the same way.
     fn controller_id(&self) -> i32 {
         match &self.shard.cluster_view {
-            Some(view) => view.controller_id(),
-            None => self.shard.config.node_id,
+            Some(view) if view.controller_id() >= 0 => view.controller_id(),
+            _ => self.shard.config.node_id,
         }
     }
 

@@ -34,6 +34,10 @@ use rmq_raft::{
 use tracing::warn;
 
 use crate::constants::CONTROLLER_COMMAND_BYTES_MAX;
+
+/// Wake-ups queued for the merger: 1. It merges the latest state whenever it wakes, so one
+/// pending wake-up covers any number of applied entries.
+const MERGE_WAKEUPS_QUEUED: usize = 1;
 use crate::metadata::{BrokerMeta, TopicMeta};
 
 /// A change of the replicated metadata.
@@ -170,7 +174,7 @@ pub struct ControllerShared {
 impl ControllerShared {
     /// The shared state and the receiver the merger waits on.
     pub fn new() -> (Rc<ControllerShared>, flume::Receiver<()>) {
-        let (changed, receiver) = flume::bounded(1);
+        let (changed, receiver) = flume::bounded(MERGE_WAKEUPS_QUEUED);
         let shared = ControllerShared {
             state: RefCell::new(ReplicatedState::default()),
             applied_index: Cell::new(0),

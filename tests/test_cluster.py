@@ -16,8 +16,10 @@ import time
 import urllib.request
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from kafka.protocol.admin import DescribeConfigsRequest
+from kafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from kafka.protocol.list_offsets import ListOffsetsRequest
 
 from conftest import node_bin, unique_topic, wait_until
@@ -234,11 +236,39 @@ def test_topic_created_through_node_2_appears_on_every_node(broker_factory):
     for partition, items in got.items():
         sent = [(o, k, v) for p, o, k, v in sorted(delivered) if p == partition]
         assert [(o, k, v) for o, k, v, _ in items] == sent
-    # A node that does not lead the partitions refuses to serve them.
+    # A consumer group coordinated by node 1 (every node coordinates the groups that ask it)
+    # reads the partitions from their leader and commits offsets for them.
+    group = unique_topic("g")
+    c = Consumer({"bootstrap.servers": cluster.nodes[1].bootstrap, "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        c.subscribe([name])
+        seen = []
+        deadline = time.monotonic() + 60
+        while len(seen) < len(records):
+            assert time.monotonic() < deadline, "group consumer got %d of %d" % (
+                len(seen), len(records))
+            for m in c.consume(num_messages=500, timeout=0.5):
+                assert m.error() is None, m.error()
+                seen.append(m.value())
+        assert sorted(seen) == sorted(v for _, v in records)
+        c.commit(asynchronous=False)
+        committed = c.committed([TopicPartition(name, p) for p in range(3)], timeout=30)
+        ends = {p: 1 + max(o for q, o, _, _ in delivered if q == p) for p in range(3)}
+        assert {tp.partition: tp.offset for tp in committed} == ends
+    finally:
+        c.close()
+    # A node that does not lead the partitions refuses to serve them, but as a group
+    # coordinator it keeps offsets for them.
     other = next(b for b in nodes if b.rmq_node_id != leader)
     with RawConn(other.host, other.port) as conn:
         resp = conn.request(ListOffsetsRequest[1](replica_id=-1, topics=[(name, [(0, -1)])]))
-    assert resp.topics[0][1][0][1] == NOT_LEADER_OR_FOLLOWER, resp
+        assert resp.topics[0][1][0][1] == NOT_LEADER_OR_FOLLOWER, resp
+        standalone = unique_topic("standalone")
+        resp = conn.request(OffsetCommitRequest[2](standalone, -1, "", -1, [(name, [(1, 5, "")])]))
+        assert resp.topics[0][1] == [(1, 0)], resp
+        resp = conn.request(OffsetFetchRequest[1](standalone, [(name, [1])]))
+        assert [(p, o, e) for p, o, _m, e in resp.topics[0][1]] == [(1, 5, 0)], resp
     # Deleting through another node removes it everywhere.
     a = admin(cluster.nodes[1].bootstrap)
     a.delete_topics([name], operation_timeout=30, request_timeout=30)[name].result(timeout=60)

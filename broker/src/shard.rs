@@ -225,6 +225,14 @@ impl Shard {
             .map(ShardId)
     }
 
+    /// Whether `partition` exists (on this node or, in a cluster, on another).
+    pub fn partition_exists(&self, partition: &TopicPartition) -> bool {
+        self.metadata
+            .borrow()
+            .leader_of(&partition.topic, partition.partition, self.config.node_id)
+            .is_some()
+    }
+
     /// Why a partition without a local owner is not served here: another node leads it
     /// (`NotLeaderOrFollower`), or it does not exist.
     pub fn not_owned_error(&self, partition: &TopicPartition) -> KernelError {

@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint (`--admin-addr`, default 0.0.0.0:9644): `/metrics` (Prometheus
-//! text), `/v1/health`, `/v1/topics`, `/v1/groups`.
+//! text), `/v1/health`, `/v1/topics`, `/v1/groups`, `/v1/cluster` (nodes, the controller
+//! leader and, on the leader, each node's replication lag in the controller group).
 //!
 //! Concurrency contract: it runs on its own OS thread (the control plane need not be
 //! thread-per-core) and never touches shard state: metrics are read from the shards' atomics,
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::cli::client::{check, Client};
 use crate::cli::topic::metadata;
+use crate::cluster::ClusterView;
 use crate::metrics::{self, ShardMetrics};
 
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4";
@@ -27,6 +29,7 @@ pub fn start(
     addr: SocketAddr,
     kafka_addr: SocketAddr,
     shards: Vec<Arc<ShardMetrics>>,
+    cluster: Option<Arc<ClusterView>>,
 ) -> anyhow::Result<SocketAddr> {
     let server = Server::http(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let bound = server
@@ -42,7 +45,8 @@ pub fn start(
         .name("rmq-admin-http".to_string())
         .spawn(move || {
             for request in server.incoming_requests() {
-                let (status, content_type, body) = route(request.url(), kafka, &shards);
+                let (status, content_type, body) =
+                    route(request.url(), kafka, &shards, cluster.as_deref());
                 let mut response = Response::from_string(body).with_status_code(status);
                 if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
                     response = response.with_header(header);
@@ -65,6 +69,7 @@ fn route(
     url: &str,
     kafka: SocketAddr,
     shards: &[Arc<ShardMetrics>],
+    cluster: Option<&ClusterView>,
 ) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or("");
     let answer = match path {
@@ -78,6 +83,10 @@ fn route(
         "/v1/health" => Ok(json!({"status": "ok"})),
         "/v1/topics" => topics(kafka),
         "/v1/groups" => groups(kafka),
+        "/v1/cluster" => match cluster {
+            Some(view) => Ok(view.status()),
+            None => single_node(kafka),
+        },
         _ => {
             return (
                 404,
@@ -108,6 +117,23 @@ fn topics(kafka: SocketAddr) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
     Ok(json!(topics))
+}
+
+/// `/v1/cluster` of a node running alone: itself, the controller.
+fn single_node(kafka: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let mut client = Client::connect(&kafka.to_string())?;
+    let response = metadata(&mut client, None)?;
+    let nodes: Vec<serde_json::Value> = response
+        .brokers
+        .iter()
+        .map(|b| json!({"node_id": b.node_id.0, "host": b.host.as_str(), "port": b.port}))
+        .collect();
+    Ok(json!({
+        "mode": "single-node",
+        "cluster_id": response.cluster_id.as_ref().map(|id| id.as_str()),
+        "controller": response.controller_id.0,
+        "nodes": nodes,
+    }))
 }
 
 fn groups(kafka: SocketAddr) -> anyhow::Result<serde_json::Value> {

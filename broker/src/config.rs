@@ -19,8 +19,9 @@ use serde::Deserialize;
 
 use crate::constants::{
     DEFAULT_ADMIN_ADDR, DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS, DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
-    DEFAULT_OFFSETS_TOPIC_PARTITIONS, DEFAULT_SOCKET_REQUEST_MAX_BYTES,
+    DEFAULT_OFFSETS_TOPIC_PARTITIONS, DEFAULT_RPC_ADDR, DEFAULT_SOCKET_REQUEST_MAX_BYTES,
     LOG_CLEANER_INTERVAL_MS_DEFAULT, LOG_CLEANER_INTERVAL_MS_MIN, REQUEST_MEMORY_PER_SHARD_BYTES,
+    SEEDS_MAX,
 };
 use crate::group::state::GroupConfig;
 
@@ -54,9 +55,18 @@ pub struct Cli {
     /// Default: 0.0.0.0:9644
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_addr: Option<String>,
-    /// This node's id. Default: 0
+    /// This node's id (0 or more; unique in a cluster). Default: 0
     #[arg(long)]
     pub node_id: Option<i32>,
+    /// Internal RPC listener between the nodes of a cluster (the controller Raft group),
+    /// HOST:PORT (port 0 picks a free port). Bound only with --seeds. Default: 0.0.0.0:33145
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rpc_addr: Option<String>,
+    /// The seed nodes of a cluster, ID@HOST:PORT,... (their RPC addresses, this node's own
+    /// entry included): they form the controller Raft group; the lowest id initializes it once.
+    /// Without --seeds the node runs alone, as a single-node cluster.
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub seeds: Option<String>,
     /// TOML file with the same keys as these flags (snake_case) plus broker settings such as
     /// auto_create_topics_enable, num_partitions, socket_request_max_bytes, an [mqtt] table
     /// (max_keep_alive_s, max_queued_messages, state_flush_interval_ms, allow_anonymous,
@@ -82,6 +92,8 @@ pub struct FileConfig {
     pub mqtt_ws_addr: Option<String>,
     pub admin_addr: Option<String>,
     pub node_id: Option<i32>,
+    pub rpc_addr: Option<String>,
+    pub seeds: Option<String>,
     pub log_level: Option<String>,
     pub auto_create_topics_enable: Option<bool>,
     pub num_partitions: Option<i32>,
@@ -151,6 +163,14 @@ pub struct MqttAclFileRule {
     pub clientid: Option<String>,
 }
 
+/// One `--seeds` entry: a seed node's id and RPC address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seed {
+    pub node_id: i32,
+    /// "HOST:PORT" as given.
+    pub rpc_addr: String,
+}
+
 /// The resolved configuration every shard receives (a read-only copy).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -162,6 +182,10 @@ pub struct NodeConfig {
     pub mqtt_ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub node_id: i32,
+    /// The internal RPC listener ("HOST:PORT" as given; bound only in a cluster).
+    pub rpc_addr: String,
+    /// The seed nodes, sorted by id; empty: this node runs alone.
+    pub seeds: Vec<Seed>,
     pub log_level: String,
     pub auto_create_topics_enable: bool,
     pub num_partitions: i32,
@@ -256,6 +280,25 @@ impl NodeConfig {
         }
         let mut mqtt = mqtt_config(file.mqtt.unwrap_or_default())?;
         mqtt.bridge = bridge_rules(file.bridge.unwrap_or_default(), cores)?;
+        let node_id = cli.node_id.or(file.node_id).unwrap_or(0);
+        if node_id < 0 {
+            bail!("--node-id must be 0 or more, got {node_id}");
+        }
+        let rpc_addr = cli
+            .rpc_addr
+            .or(file.rpc_addr)
+            .unwrap_or_else(|| DEFAULT_RPC_ADDR.to_string());
+        resolve(&rpc_addr).context("--rpc-addr")?;
+        let seeds = match cli.seeds.or(file.seeds) {
+            Some(text) => parse_seeds(&text, node_id).context("--seeds")?,
+            None => Vec::new(),
+        };
+        if !seeds.is_empty() && !mqtt.bridge.rules().is_empty() {
+            bail!(
+                "MQTT <-> Kafka bridge rules are not supported in a cluster (--seeds) yet: the \
+                 bridged topics would have to be created before the cluster has a controller"
+            );
+        }
         Ok(NodeConfig {
             cores,
             data_dir: cli
@@ -267,7 +310,9 @@ impl NodeConfig {
             mqtt_addr,
             mqtt_ws_addr,
             admin_addr,
-            node_id: cli.node_id.or(file.node_id).unwrap_or(0),
+            node_id,
+            rpc_addr,
+            seeds,
             log_level: cli
                 .log_level
                 .or(file.log_level)
@@ -354,6 +399,53 @@ fn bridge_rules(file: BridgeFileConfig, default_partitions: usize) -> anyhow::Re
     BridgeRules::new(rules).map_err(|e| anyhow::anyhow!("[[bridge.mqtt_to_kafka]]: {e}"))
 }
 
+/// Parses `ID@HOST:PORT,...` into seeds sorted by id. Ids must be unique and 0 or more, each
+/// address a resolvable HOST:PORT with a non-zero port (other nodes dial it), addresses
+/// unique, and `node_id` one of the seeds (only seed nodes can run in a cluster so far).
+pub fn parse_seeds(text: &str, node_id: i32) -> anyhow::Result<Vec<Seed>> {
+    let mut seeds: Vec<Seed> = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        if entry.is_empty() {
+            bail!("empty entry in '{text}' (expected ID@HOST:PORT,...)");
+        }
+        let (id, addr) = entry
+            .split_once('@')
+            .with_context(|| format!("'{entry}' is not ID@HOST:PORT"))?;
+        let id: i32 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .with_context(|| format!("'{entry}': the node id must be a number, 0 or more"))?;
+        let (_, port) = split_host_port(addr).with_context(|| format!("'{entry}'"))?;
+        if port == 0 {
+            bail!("'{entry}': a seed needs a fixed port (other nodes dial it)");
+        }
+        resolve(addr).with_context(|| format!("'{entry}'"))?;
+        if seeds.iter().any(|seed| seed.node_id == id) {
+            bail!("node id {id} appears twice");
+        }
+        if seeds.iter().any(|seed| seed.rpc_addr == addr) {
+            bail!("address {addr} appears twice");
+        }
+        seeds.push(Seed {
+            node_id: id,
+            rpc_addr: addr.to_string(),
+        });
+    }
+    if seeds.len() > SEEDS_MAX {
+        bail!("at most {SEEDS_MAX} seeds, got {}", seeds.len());
+    }
+    if !seeds.iter().any(|seed| seed.node_id == node_id) {
+        bail!(
+            "this node (--node-id {node_id}) is not one of the seeds; only seed nodes can run in \
+             a cluster so far (joining through a seed is not supported yet)"
+        );
+    }
+    seeds.sort_by_key(|seed| seed.node_id);
+    Ok(seeds)
+}
+
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("cannot resolve {addr}"))?
@@ -394,6 +486,58 @@ mod tests {
         assert!(!config.auto_create_topics_enable);
         assert_eq!(config.kafka_addr.port(), 0);
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn seeds_are_parsed_sorted_and_checked() {
+        let seeds = parse_seeds("2@127.0.0.1:7002, 1@127.0.0.1:7001,3@localhost:7003", 2)
+            .expect("valid seeds");
+        let ids: Vec<i32> = seeds.iter().map(|seed| seed.node_id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(seeds[0].rpc_addr, "127.0.0.1:7001");
+        for (bad, node_id, why) in [
+            (
+                "1@127.0.0.1:7001,1@127.0.0.1:7002",
+                1,
+                "node id 1 appears twice",
+            ),
+            ("1@127.0.0.1:7001,2@127.0.0.1:7001", 1, "appears twice"),
+            (
+                "1@127.0.0.1:7001,2@127.0.0.1:7002",
+                3,
+                "is not one of the seeds",
+            ),
+            ("127.0.0.1:7001", 0, "is not ID@HOST:PORT"),
+            ("x@127.0.0.1:7001", 0, "must be a number"),
+            ("-1@127.0.0.1:7001", 0, "must be a number"),
+            ("1@127.0.0.1:0", 1, "fixed port"),
+            ("1@127.0.0.1", 1, "not HOST:PORT"),
+            ("1@127.0.0.1:7001,", 1, "empty entry"),
+        ] {
+            let error = parse_seeds(bad, node_id).expect_err(bad);
+            assert!(format!("{error:#}").contains(why), "{bad}: {error:#}");
+        }
+    }
+
+    #[test]
+    fn rpc_addr_defaults_and_no_seeds_means_a_single_node() {
+        let config = NodeConfig::from_cli(Cli::default()).expect("config");
+        assert_eq!(config.rpc_addr, "0.0.0.0:33145");
+        assert!(config.seeds.is_empty());
+        let cli = Cli {
+            node_id: Some(1),
+            rpc_addr: Some("127.0.0.1:0".to_string()),
+            seeds: Some("1@127.0.0.1:7001,2@127.0.0.1:7002".to_string()),
+            ..Cli::default()
+        };
+        let config = NodeConfig::from_cli(cli).expect("config");
+        assert_eq!(config.seeds.len(), 2);
+        let bad = Cli {
+            rpc_addr: Some("nowhere".to_string()),
+            ..Cli::default()
+        };
+        let error = NodeConfig::from_cli(bad).expect_err("bad rpc addr");
+        assert!(format!("{error:#}").contains("--rpc-addr"), "{error:#}");
     }
 
     #[test]

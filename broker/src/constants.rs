@@ -115,3 +115,50 @@ pub const BRIDGE_WAIT_TIMEOUT_MS: u32 = 1_000;
 
 /// Pause of a bridge tailer after a failed read, so a broken partition does not spin.
 pub const BRIDGE_ERROR_BACKOFF_MS: u64 = 1_000;
+
+/// Default `--rpc-addr`: the internal RPC listener of a cluster node.
+pub const DEFAULT_RPC_ADDR: &str = "0.0.0.0:33145";
+
+/// Seeds `--seeds` may name: 7. The controller group's voters are the seeds; more than 7
+/// voters only slow every commit (a quorum of 4) without adding useful fault tolerance.
+pub const SEEDS_MAX: usize = 7;
+
+/// In a cluster, a producer id carries its node's id above this bit: each node hands out ids
+/// from its own range of 2^40 (a trillion; a block of `PRODUCER_ID_BLOCK_SIZE` is reserved per
+/// thousand), so ids stay unique without a controller round trip.
+pub const PRODUCER_ID_NODE_SHIFT: u32 = 40;
+
+/// Raft group id of the controller group (partition groups will use other ids).
+pub const CONTROLLER_GROUP_ID: u64 = 0;
+
+/// Controller group heartbeat: 150 ms; a follower that hears nothing for an election timeout
+/// (1,000..2,000 ms, below) starts an election, so failover takes about 1-2.5 s on a loaded
+/// 2-core machine. The timeouts leave room for a busy shard 0 answering late.
+pub const CONTROLLER_HEARTBEAT_INTERVAL_MS: u64 = 150;
+pub const CONTROLLER_ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
+pub const CONTROLLER_ELECTION_TIMEOUT_MAX_MS: u64 = 2_000;
+
+/// How long a metadata change (a proposal, forwarded to the leader if needed, then merged on
+/// this node) may take before the request fails with NOT_CONTROLLER / REQUEST_TIMED_OUT:
+/// 10 s, several election timeouts, so a change survives one failover.
+pub const CONTROLLER_PROPOSE_TIMEOUT_MS: u64 = 10_000;
+
+/// One forwarded proposal's round trip to the leader (commit included) at most: 5 s.
+pub const CONTROLLER_FORWARD_TIMEOUT_MS: u64 = 5_000;
+
+/// Pause between attempts while there is no leader or the leader is unreachable: 100 ms.
+pub const CONTROLLER_RETRY_INTERVAL_MS: u64 = 100;
+
+/// Poll interval while a proposer waits for this node to merge its committed entry: 5 ms.
+pub const CONTROLLER_MERGE_POLL_MS: u64 = 5;
+
+/// How often shard 0 refreshes the cluster view (controller id, lags) other shards and the
+/// admin HTTP thread read: 200 ms.
+pub const CLUSTER_STATUS_REFRESH_MS: u64 = 200;
+
+/// Pause between a node's attempts to register itself with the controller group: 500 ms.
+pub const BROKER_REGISTER_RETRY_MS: u64 = 500;
+
+/// Largest controller command accepted from the network or the log: 16 MiB (a topic with the
+/// maximum partition count and its configs is far smaller).
+pub const CONTROLLER_COMMAND_BYTES_MAX: usize = 16 * 1024 * 1024;

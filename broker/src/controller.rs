@@ -1,8 +1,16 @@
-//! The controller: the single writer of cluster metadata, on shard 0. It validates topic
+//! The controller: the single writer of this node's metadata, on shard 0. It validates topic
 //! changes, places partitions on the least-loaded shard, persists the new metadata, then
 //! broadcasts the snapshot to every shard and waits until each has applied it (so a topic is
 //! usable on every shard when CreateTopics answers). Operations are serialized by a lock held
-//! across those awaits; shards apply snapshots in version order.
+//! across those awaits (`lock`); writes of the node's metadata and their broadcasts by a second
+//! one (`commit_lock`), so shards apply snapshots in version order.
+//!
+//! In a cluster (`--seeds`, see `cluster`) the topics whose name does not start with `__` are
+//! the controller Raft group's: an operation on them validates against the replicated state,
+//! proposes the changed topics as compare-and-set commands (through the Raft leader), and
+//! answers once this node has merged the committed result (`merge_replicated`, which takes
+//! only `commit_lock`, so a proposal waiting under `lock` never blocks it). `__` topics stay
+//! node-local, through the path a single node uses.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -14,8 +22,11 @@ use glommio::sync::Semaphore;
 use rmq_protocols::kernel::{ConfigChange, KernelError, TopicInfo, TopicPartition, TopicSpec};
 use tracing::info;
 
-use crate::constants::{MAX_PARTITIONS_PER_TOPIC, PRODUCER_ID_BLOCK_SIZE, TOPIC_NAME_MAX_BYTES};
-use crate::metadata::{self, ClusterMetadata, TopicMeta};
+use crate::cluster::ClusterNode;
+use crate::constants::{
+    MAX_PARTITIONS_PER_TOPIC, PRODUCER_ID_BLOCK_SIZE, PRODUCER_ID_NODE_SHIFT, TOPIC_NAME_MAX_BYTES,
+};
+use crate::metadata::{self, BrokerMeta, ClusterMetadata, TopicMeta};
 use crate::shard::{Shard, ShardId, ShardOp};
 use crate::topic_config;
 
@@ -57,8 +68,57 @@ pub enum ControllerReply {
 pub struct Controller {
     state: RefCell<ClusterMetadata>,
     lock: Semaphore,
+    commit_lock: Semaphore,
     next_producer_id: Cell<i64>,
     default_partitions: i32,
+    /// Set once the node has joined its cluster (`--seeds`); `None` on a single node.
+    cluster: RefCell<Option<Rc<ClusterNode>>>,
+}
+
+/// Where an operation's topics live.
+enum Scope {
+    /// This node's metadata (every topic of a single node; `__` topics in a cluster).
+    Local,
+    /// The controller Raft group's replicated state.
+    Cluster(Rc<ClusterNode>),
+}
+
+/// A new node metadata for `Controller::commit_local`.
+enum Update {
+    /// From a local operation: its `__` topics and producer ids (all of it on a single node).
+    Local(ClusterMetadata),
+    /// From the controller group: its topics and brokers as of log index `index`.
+    Replicated {
+        cluster_id: String,
+        topics: std::collections::BTreeMap<String, TopicMeta>,
+        brokers: std::collections::BTreeMap<i32, BrokerMeta>,
+        index: u64,
+    },
+}
+
+/// Whether a topic is node-local in a cluster (internal topics: `__consumer_offsets`, ...).
+pub fn is_node_local_topic(name: &str) -> bool {
+    name.starts_with("__")
+}
+
+impl ControllerRequest {
+    /// The topics the request names, if it names any.
+    fn topic_names(&self) -> Option<Vec<&str>> {
+        match self {
+            ControllerRequest::CreateTopics { specs, .. } => {
+                Some(specs.iter().map(|s| s.name.as_str()).collect())
+            }
+            ControllerRequest::DeleteTopics { names } => {
+                Some(names.iter().map(String::as_str).collect())
+            }
+            ControllerRequest::CreatePartitions { name, .. }
+            | ControllerRequest::AlterTopicConfigs { name, .. } => Some(vec![name.as_str()]),
+            ControllerRequest::DeleteRecords { partitions } => {
+                Some(partitions.iter().map(|(p, _)| p.topic.as_str()).collect())
+            }
+            ControllerRequest::InitProducerId => None,
+        }
+    }
 }
 
 /// The kernel's view of a stored topic.
@@ -108,37 +168,61 @@ impl Controller {
         Controller {
             state: RefCell::new(metadata),
             lock: Semaphore::new(1),
+            commit_lock: Semaphore::new(1),
             next_producer_id: Cell::new(next_producer_id),
             default_partitions,
+            cluster: RefCell::new(None),
         }
+    }
+
+    /// This node's metadata as the controller last committed it.
+    pub fn state(&self) -> ClusterMetadata {
+        self.state.borrow().clone()
+    }
+
+    /// From now on, operations on non-`__` topics go through the cluster's controller group.
+    pub fn set_cluster(&self, cluster: Rc<ClusterNode>) {
+        *self.cluster.borrow_mut() = Some(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<Rc<ClusterNode>> {
+        self.cluster.borrow().clone()
     }
 
     pub async fn handle(&self, shard: &Rc<Shard>, request: ControllerRequest) -> ControllerReply {
         // Serializes metadata changes; fails only if the semaphore were closed (never).
         let _guard = self.lock.acquire_permit(1).await;
+        let local = request
+            .topic_names()
+            .is_none_or(|names| names.iter().all(|name| is_node_local_topic(name)));
+        let scope = match self.cluster() {
+            Some(cluster) if !local => Scope::Cluster(cluster),
+            _ => Scope::Local,
+        };
         match request {
             ControllerRequest::CreateTopics {
                 specs,
                 validate_only,
-            } => {
-                ControllerReply::CreateTopics(self.create_topics(shard, specs, validate_only).await)
-            }
+            } => ControllerReply::CreateTopics(
+                self.create_topics(shard, &scope, specs, validate_only)
+                    .await,
+            ),
             ControllerRequest::DeleteTopics { names } => {
-                ControllerReply::DeleteTopics(self.delete_topics(shard, names).await)
+                ControllerReply::DeleteTopics(self.delete_topics(shard, &scope, names).await)
             }
             ControllerRequest::CreatePartitions {
                 name,
                 partition_count,
                 validate_only,
             } => ControllerReply::CreatePartitions(
-                self.create_partitions(shard, &name, partition_count, validate_only)
+                self.create_partitions(shard, &scope, &name, partition_count, validate_only)
                     .await,
             ),
             ControllerRequest::InitProducerId => {
                 ControllerReply::InitProducerId(self.init_producer_id(shard))
             }
             ControllerRequest::DeleteRecords { partitions } => {
-                ControllerReply::DeleteRecords(self.delete_records(shard, partitions).await)
+                ControllerReply::DeleteRecords(self.delete_records(shard, &scope, partitions).await)
             }
             ControllerRequest::AlterTopicConfigs {
                 name,
@@ -146,18 +230,73 @@ impl Controller {
                 replace_all,
                 validate_only,
             } => ControllerReply::AlterTopicConfigs(
-                self.alter_topic_configs(shard, &name, changes, replace_all, validate_only)
+                self.alter_topic_configs(shard, &scope, &name, changes, replace_all, validate_only)
                     .await,
             ),
         }
     }
 
+    /// What an operation in `scope` starts from: this node's metadata, or the replicated
+    /// topics and brokers.
+    fn base(&self, scope: &Scope) -> ClusterMetadata {
+        match scope {
+            Scope::Local => self.state.borrow().clone(),
+            Scope::Cluster(cluster) => {
+                let mut base = self.state.borrow().clone();
+                let (topics, brokers) = cluster.replicated_topics_and_brokers();
+                base.topics = topics;
+                base.brokers = brokers;
+                base
+            }
+        }
+    }
+
+    /// Makes `next` (derived from `base`) the state of `scope`.
+    async fn commit(
+        &self,
+        shard: &Rc<Shard>,
+        scope: &Scope,
+        base: &ClusterMetadata,
+        next: ClusterMetadata,
+    ) -> Result<(), KernelError> {
+        match scope {
+            Scope::Local => self.commit_local(shard, Update::Local(next)).await,
+            Scope::Cluster(cluster) => cluster.propose_diff(base, &next).await,
+        }
+    }
+
+    /// Merges the controller group's state as of log index `index` into this node's metadata
+    /// (persisted and broadcast to every shard); a no-op for an index merged already.
+    pub async fn merge_replicated(
+        &self,
+        shard: &Rc<Shard>,
+        cluster_id: String,
+        topics: std::collections::BTreeMap<String, TopicMeta>,
+        brokers: std::collections::BTreeMap<i32, BrokerMeta>,
+        index: u64,
+    ) -> Result<(), KernelError> {
+        let update = Update::Replicated {
+            cluster_id,
+            topics,
+            brokers,
+            index,
+        };
+        self.commit_local(shard, update).await
+    }
+
     fn check_spec(
         &self,
+        scope: &Scope,
         spec: &TopicSpec,
         next: &ClusterMetadata,
     ) -> Result<TopicMeta, KernelError> {
         validate_topic_name(&spec.name)?;
+        if matches!(scope, Scope::Cluster(_)) && is_node_local_topic(&spec.name) {
+            return Err(KernelError::InvalidTopic(format!(
+                "topics starting with '__' are internal to each node of a cluster: '{}'",
+                spec.name
+            )));
+        }
         if next.topics.contains_key(&spec.name) {
             return Err(KernelError::TopicAlreadyExists);
         }
@@ -184,25 +323,41 @@ impl Controller {
             configs,
             leader_epoch: 0,
             log_start_offsets: Vec::new(),
+            partition_nodes: Vec::new(),
         })
+    }
+
+    /// Where new partitions go: this node's least-loaded shards; in a cluster the partitions
+    /// also record this node as their leader.
+    fn placement(&self, shard: &Shard, scope: &Scope) -> Placement {
+        Placement {
+            loads: self
+                .state
+                .borrow()
+                .shard_loads(shard.config.node_id, shard.shard_count),
+            node: matches!(scope, Scope::Cluster(_)).then_some(shard.config.node_id),
+        }
     }
 
     async fn create_topics(
         &self,
         shard: &Rc<Shard>,
+        scope: &Scope,
         specs: Vec<TopicSpec>,
         validate_only: bool,
     ) -> Vec<Result<TopicInfo, KernelError>> {
-        let mut next = self.state.borrow().clone();
+        let base = self.base(scope);
+        let mut next = base.clone();
+        let mut placement = self.placement(shard, scope);
         let mut results = Vec::with_capacity(specs.len());
         for spec in &specs {
-            let result = self.check_spec(spec, &next).map(|mut meta| {
+            let result = self.check_spec(scope, spec, &next).map(|mut meta| {
                 let count = if spec.partition_count == -1 {
                     self.default_partitions
                 } else {
                     spec.partition_count
                 };
-                place_partitions(&next, &mut meta, count, shard.shard_count);
+                place_partitions(&mut placement, &mut meta, count);
                 let info = topic_info(&spec.name, &meta);
                 next.topics.insert(spec.name.clone(), meta);
                 info
@@ -212,7 +367,7 @@ impl Controller {
         if validate_only || results.iter().all(Result::is_err) {
             return results;
         }
-        if let Err(e) = self.commit(shard, next).await {
+        if let Err(e) = self.commit(shard, scope, &base, next).await {
             return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
         }
         for info in results.iter().flatten() {
@@ -224,9 +379,11 @@ impl Controller {
     async fn delete_topics(
         &self,
         shard: &Rc<Shard>,
+        scope: &Scope,
         names: Vec<String>,
     ) -> Vec<Result<(), KernelError>> {
-        let mut next = self.state.borrow().clone();
+        let base = self.base(scope);
+        let mut next = base.clone();
         let results: Vec<Result<(), KernelError>> = names
             .iter()
             .map(|name| {
@@ -242,7 +399,7 @@ impl Controller {
             })
             .collect();
         if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.commit(shard, next).await {
+            if let Err(e) = self.commit(shard, scope, &base, next).await {
                 return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
             }
             let deleted: BTreeSet<&String> = names.iter().collect();
@@ -254,11 +411,13 @@ impl Controller {
     async fn create_partitions(
         &self,
         shard: &Rc<Shard>,
+        scope: &Scope,
         name: &str,
         partition_count: i32,
         validate_only: bool,
     ) -> Result<(), KernelError> {
-        let mut next = self.state.borrow().clone();
+        let base = self.base(scope);
+        let mut next = base.clone();
         let mut meta = next
             .topics
             .get(name)
@@ -275,9 +434,20 @@ impl Controller {
         if validate_only {
             return Ok(());
         }
-        place_partitions(&next, &mut meta, partition_count, shard.shard_count);
+        let mut placement = self.placement(shard, scope);
+        // The topic's partitions weigh twice, as they always have here: placement prefers
+        // shards that hold none of this topic yet.
+        for existing in &meta.partition_shards {
+            if let Some(load) = placement
+                .loads
+                .get_mut(usize::from(*existing) % shard.shard_count)
+            {
+                *load += 1;
+            }
+        }
+        place_partitions(&mut placement, &mut meta, partition_count);
         next.topics.insert(name.to_string(), meta);
-        self.commit(shard, next).await?;
+        self.commit(shard, scope, &base, next).await?;
         info!(topic = %name, partitions = partition_count, "partitions created");
         Ok(())
     }
@@ -287,12 +457,14 @@ impl Controller {
     async fn alter_topic_configs(
         &self,
         shard: &Rc<Shard>,
+        scope: &Scope,
         name: &str,
         changes: Vec<ConfigChange>,
         replace_all: bool,
         validate_only: bool,
     ) -> Result<(), KernelError> {
-        let mut next = self.state.borrow().clone();
+        let base = self.base(scope);
+        let mut next = base.clone();
         let topic = next
             .topics
             .get_mut(name)
@@ -320,7 +492,7 @@ impl Controller {
             return Ok(());
         }
         topic.configs = validated;
-        self.commit(shard, next).await?;
+        self.commit(shard, scope, &base, next).await?;
         info!(topic = %name, "topic configs altered");
         Ok(())
     }
@@ -329,9 +501,11 @@ impl Controller {
     async fn delete_records(
         &self,
         shard: &Rc<Shard>,
+        scope: &Scope,
         partitions: Vec<(TopicPartition, i64)>,
     ) -> Vec<Result<i64, KernelError>> {
-        let mut next = self.state.borrow().clone();
+        let base = self.base(scope);
+        let mut next = base.clone();
         let results: Vec<Result<i64, KernelError>> = partitions
             .iter()
             .map(|(partition, offset)| {
@@ -352,7 +526,7 @@ impl Controller {
             })
             .collect();
         if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.commit(shard, next).await {
+            if let Err(e) = self.commit(shard, scope, &base, next).await {
                 return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
             }
             info!(partitions = partitions.len(), "records deleted");
@@ -371,16 +545,65 @@ impl Controller {
             *self.state.borrow_mut() = next;
         }
         self.next_producer_id.set(id + 1);
+        // In a cluster every node hands out ids from its own range (the node id in the high
+        // bits), so no two nodes give the same id without asking each other.
+        if self.cluster.borrow().is_some() {
+            let node = i64::from(shard.config.node_id) << PRODUCER_ID_NODE_SHIFT;
+            return Ok((node | id, 0));
+        }
         Ok((id, 0))
     }
 
-    /// Persists `next` as a new version and waits until every shard has applied it.
-    async fn commit(
-        &self,
-        shard: &Rc<Shard>,
-        mut next: ClusterMetadata,
-    ) -> Result<(), KernelError> {
-        next.version += 1;
+    /// Persists the new node metadata as a new version and waits until every shard has
+    /// applied it. In a cluster, a local update keeps the replicated topics and brokers as
+    /// they are now and a replicated one keeps the `__` topics (and producer ids), so neither
+    /// loses what the other merged meanwhile.
+    async fn commit_local(&self, shard: &Rc<Shard>, update: Update) -> Result<(), KernelError> {
+        let _guard = self.commit_lock.acquire_permit(1).await;
+        let current = self.state.borrow().clone();
+        let clustered = self.cluster.borrow().is_some();
+        let mut next = match update {
+            Update::Local(mut next) => {
+                if clustered {
+                    next.topics.retain(|name, _| is_node_local_topic(name));
+                    next.topics.extend(
+                        current
+                            .topics
+                            .iter()
+                            .filter(|(name, _)| !is_node_local_topic(name))
+                            .map(|(name, topic)| (name.clone(), topic.clone())),
+                    );
+                    next.brokers = current.brokers.clone();
+                    next.controller_applied_index = current.controller_applied_index;
+                    next.cluster_id = current.cluster_id.clone();
+                }
+                next
+            }
+            Update::Replicated {
+                cluster_id,
+                topics,
+                brokers,
+                index,
+            } => {
+                if index <= current.controller_applied_index {
+                    return Ok(());
+                }
+                let mut next = current.clone();
+                next.topics.retain(|name, _| is_node_local_topic(name));
+                next.topics.extend(
+                    topics
+                        .into_iter()
+                        .filter(|(name, _)| !is_node_local_topic(name)),
+                );
+                next.brokers = brokers;
+                next.controller_applied_index = index;
+                if !cluster_id.is_empty() {
+                    next.cluster_id = cluster_id;
+                }
+                next
+            }
+        };
+        next.version = current.version + 1;
         metadata::store(&shard.config.data_dir, &next)
             .map_err(|e| KernelError::Storage(format!("cannot persist metadata: {e:#}")))?;
         let snapshot = Arc::new(next.clone());
@@ -390,16 +613,20 @@ impl Controller {
     }
 }
 
-/// Adds partitions up to `count`, each on the currently least-loaded shard.
-fn place_partitions(
-    metadata: &ClusterMetadata,
-    meta: &mut TopicMeta,
-    count: i32,
-    shard_count: usize,
-) {
-    let mut loads = metadata.shard_loads(shard_count);
-    for shard in &meta.partition_shards {
-        loads[usize::from(*shard) % shard_count] += 1;
+/// Per-shard partition counts of this node and the node new partitions are recorded on.
+struct Placement {
+    loads: Vec<usize>,
+    /// `None` on a single node (partitions record no node).
+    node: Option<i32>,
+}
+
+/// Adds partitions up to `count`, each on the currently least-loaded shard (and, in a
+/// cluster, recorded as led by this node). The loads already count every existing partition
+/// of this node, including the topic's own.
+fn place_partitions(placement: &mut Placement, meta: &mut TopicMeta, count: i32) {
+    let loads = &mut placement.loads;
+    if loads.is_empty() {
+        loads.push(0);
     }
     while meta.partition_shards.len() < usize::try_from(count).unwrap_or(0) {
         let (least, _) = loads
@@ -410,6 +637,11 @@ fn place_partitions(
         loads[least] += 1;
         meta.partition_shards
             .push(u16::try_from(least).unwrap_or(0));
+        if let Some(node) = placement.node {
+            meta.partition_nodes
+                .resize(meta.partition_shards.len() - 1, node);
+            meta.partition_nodes.push(node);
+        }
     }
 }
 
@@ -460,6 +692,7 @@ mod tests {
                 configs: Default::default(),
                 leader_epoch: 0,
                 log_start_offsets: Vec::new(),
+                partition_nodes: Vec::new(),
             },
         );
         let mut meta = TopicMeta {
@@ -468,9 +701,23 @@ mod tests {
             configs: Default::default(),
             leader_epoch: 0,
             log_start_offsets: Vec::new(),
+            partition_nodes: Vec::new(),
         };
-        place_partitions(&metadata, &mut meta, 5, 3);
+        let mut placement = Placement {
+            loads: metadata.shard_loads(0, 3),
+            node: None,
+        };
+        place_partitions(&mut placement, &mut meta, 5);
         // Loads start at [2, 1, 0]: shard 2 first, then the ties in order.
         assert_eq!(meta.partition_shards, vec![2, 1, 2, 0, 1]);
+        assert!(meta.partition_nodes.is_empty());
+        let mut placement = Placement {
+            loads: vec![0, 0],
+            node: Some(4),
+        };
+        place_partitions(&mut placement, &mut meta, 7);
+        assert_eq!(meta.partition_shards, vec![2, 1, 2, 0, 1, 0, 1]);
+        // Partitions added in a cluster record their node; older ones are this node's too.
+        assert_eq!(meta.partition_nodes, vec![4; 7]);
     }
 }

@@ -105,7 +105,7 @@ impl ShardKernel {
         let owner = self
             .shard
             .owner_of(&input.partition)
-            .ok_or(KernelError::UnknownTopicOrPartition)?;
+            .ok_or_else(|| self.shard.not_owned_error(&input.partition))?;
         let metadata = self.shard.metadata();
         let configs = metadata
             .topics
@@ -235,6 +235,48 @@ impl Kernel for ShardKernel {
 
     fn cluster_id(&self) -> String {
         self.shard.metadata().cluster_id.clone()
+    }
+
+    /// In a cluster: every registered broker, and this node until it has registered.
+    fn brokers(&self) -> Vec<NodeInfo> {
+        let node = self.shard.node();
+        let metadata = self.shard.metadata();
+        if metadata.brokers.is_empty() {
+            return vec![node];
+        }
+        let mut brokers: Vec<NodeInfo> = metadata
+            .brokers
+            .values()
+            .map(|broker| NodeInfo {
+                node_id: broker.node_id,
+                host: broker.host.clone(),
+                port: broker.port,
+            })
+            .collect();
+        if !metadata.brokers.contains_key(&node.node_id) {
+            brokers.push(node);
+            brokers.sort_by_key(|broker| broker.node_id);
+        }
+        brokers
+    }
+
+    /// In a cluster: the controller group's leader. While there is none (an election), this
+    /// node: every node serves admin requests (it forwards proposals to the leader once there
+    /// is one), and a client told "no controller" (-1) would stall until its next periodic
+    /// metadata refresh. KRaft brokers answer the same way.
+    fn controller_id(&self) -> i32 {
+        match &self.shard.cluster_view {
+            Some(view) if view.controller_id() >= 0 => view.controller_id(),
+            _ => self.shard.config.node_id,
+        }
+    }
+
+    fn partition_leader(&self, topic: &str, partition: i32) -> i32 {
+        let node_id = self.shard.config.node_id;
+        self.shard
+            .metadata()
+            .leader_of(topic, partition, node_id)
+            .unwrap_or(node_id)
     }
 
     fn auto_create_topics(&self) -> bool {
@@ -455,12 +497,15 @@ impl Kernel for ShardKernel {
     }
 
     async fn read(&self, inputs: Vec<ReadInput>) -> Vec<ReadOutput> {
-        let unknown = || ReadOutput {
-            records: Err(KernelError::UnknownTopicOrPartition),
+        let unowned = |partition: &TopicPartition| ReadOutput {
+            records: Err(self.shard.not_owned_error(partition)),
             high_watermark: -1,
             log_start_offset: -1,
         };
-        let mut outputs: Vec<ReadOutput> = (0..inputs.len()).map(|_| unknown()).collect();
+        let mut outputs: Vec<ReadOutput> = inputs
+            .iter()
+            .map(|input| unowned(&input.partition))
+            .collect();
         let routed = inputs
             .into_iter()
             .enumerate()
@@ -553,7 +598,7 @@ impl Kernel for ShardKernel {
         let owner = self
             .shard
             .owner_of(&partition)
-            .ok_or(KernelError::UnknownTopicOrPartition)?;
+            .ok_or_else(|| self.shard.not_owned_error(&partition))?;
         if owner == self.shard.id {
             return self.shard.list_offset_local(&partition, timestamp).await;
         }

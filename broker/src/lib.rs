@@ -5,6 +5,7 @@
 pub mod admin_http;
 pub mod budget;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod constants;
 pub mod controller;

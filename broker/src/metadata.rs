@@ -1,12 +1,16 @@
-//! Cluster metadata: topics, their partitions' owning shards, topic configs and the producer-id
-//! reservation. The controller (shard 0) is its single writer; every shard holds an immutable
+//! Cluster metadata: topics, their partitions' owning nodes and shards, topic configs, the
+//! brokers of a cluster and the producer-id reservation. The controller (shard 0) is its single writer; every shard holds an immutable
 //! snapshot (`Arc<ClusterMetadata>`) that the controller replaces by broadcast, with a version
 //! number so a shard can tell an older snapshot from a newer one.
 //!
 //! Persisted with rkyv at `<data_dir>/__cluster/metadata.bin`, framed as
 //! `magic(8) | payload_len(u32 LE) | crc32(u32 LE) | payload`, written to a temporary file,
 //! fdatasynced and renamed, so a crash leaves either the old or the new file. The magic names
-//! the layout: `RMQMETA2` today; `RMQMETA1` files (before DeleteRecords) are read and upgraded.
+//! the layout: `RMQMETA3` today; `RMQMETA1` (before DeleteRecords) and `RMQMETA2` (before
+//! clusters) files are read and upgraded.
+//!
+//! In a cluster (`--seeds`) the topics whose name does not start with `__` and the brokers come
+//! from the controller Raft group (see `cluster`); topics starting with `__` stay node-local.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,7 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use rkyv::{Archive, Deserialize, Serialize};
 
-const METADATA_MAGIC: &[u8; 8] = b"RMQMETA2";
+const METADATA_MAGIC: &[u8; 8] = b"RMQMETA3";
+const METADATA_MAGIC_V2: &[u8; 8] = b"RMQMETA2";
 const METADATA_MAGIC_V1: &[u8; 8] = b"RMQMETA1";
 const METADATA_HEADER_BYTES: usize = 16;
 
@@ -30,9 +35,30 @@ pub struct TopicMeta {
     /// DeleteRecords: the first readable offset of each partition (index = partition id; a
     /// missing entry is 0). The storage log start may pass it (retention); the larger wins.
     pub log_start_offsets: Vec<i64>,
+    /// The node leading each partition (index = partition id). Empty (or a missing entry):
+    /// this node, as for every topic of a single node and a cluster node's `__` topics.
+    pub partition_nodes: Vec<i32>,
+}
+
+/// A broker of a cluster, as it registered itself with the controller.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BrokerMeta {
+    pub node_id: i32,
+    /// The advertised Kafka address.
+    pub host: String,
+    pub port: i32,
+    /// The internal RPC address ("HOST:PORT").
+    pub rpc_addr: String,
 }
 
 impl TopicMeta {
+    /// The node leading `partition`; `None` when it is this node (no node recorded).
+    pub fn node_of(&self, partition: i32) -> Option<i32> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.partition_nodes.get(index).copied())
+    }
+
     /// The DeleteRecords start of `partition` (0 when none was set).
     pub fn log_start_override(&self, partition: i32) -> i64 {
         usize::try_from(partition)
@@ -79,11 +105,56 @@ mod legacy {
                             configs: t.configs,
                             leader_epoch: t.leader_epoch,
                             log_start_offsets: Vec::new(),
+                            partition_nodes: Vec::new(),
                         };
                         (name, topic)
                     })
                     .collect(),
                 producer_id_reserved_until: v1.producer_id_reserved_until,
+                ..super::ClusterMetadata::default()
+            }
+        }
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub struct TopicMetaV2 {
+        pub id: [u8; 16],
+        pub partition_shards: Vec<u16>,
+        pub configs: BTreeMap<String, String>,
+        pub leader_epoch: i32,
+        pub log_start_offsets: Vec<i64>,
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+    pub struct ClusterMetadataV2 {
+        pub version: u64,
+        pub cluster_id: String,
+        pub topics: BTreeMap<String, TopicMetaV2>,
+        pub producer_id_reserved_until: i64,
+    }
+
+    impl From<ClusterMetadataV2> for super::ClusterMetadata {
+        fn from(v2: ClusterMetadataV2) -> super::ClusterMetadata {
+            super::ClusterMetadata {
+                version: v2.version,
+                cluster_id: v2.cluster_id,
+                topics: v2
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let topic = super::TopicMeta {
+                            id: t.id,
+                            partition_shards: t.partition_shards,
+                            configs: t.configs,
+                            leader_epoch: t.leader_epoch,
+                            log_start_offsets: t.log_start_offsets,
+                            partition_nodes: Vec::new(),
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+                producer_id_reserved_until: v2.producer_id_reserved_until,
+                ..super::ClusterMetadata::default()
             }
         }
     }
@@ -96,6 +167,11 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicMeta>,
     /// Producer ids below this value may have been handed out; the next reservation starts here.
     pub producer_id_reserved_until: i64,
+    /// The brokers of the cluster, by node id (empty on a single node).
+    pub brokers: BTreeMap<i32, BrokerMeta>,
+    /// The last controller log index merged into this metadata (0 on a single node): after a
+    /// restart, replayed controller entries up to it are already here.
+    pub controller_applied_index: u64,
 }
 
 impl ClusterMetadata {
@@ -106,21 +182,45 @@ impl ClusterMetadata {
         }
     }
 
-    /// The shard owning `partition` of `topic` on a node with `shard_count` shards. A stored
-    /// shard beyond the current count (the node restarted with fewer cores) wraps around.
-    pub fn shard_of(&self, topic: &str, partition: i32, shard_count: usize) -> Option<u16> {
+    /// The shard owning `partition` of `topic` on node `node_id` with `shard_count` shards;
+    /// `None` when the partition does not exist or another node leads it. A stored shard
+    /// beyond the current count (the node restarted with fewer cores) wraps around.
+    pub fn shard_of(
+        &self,
+        topic: &str,
+        partition: i32,
+        node_id: i32,
+        shard_count: usize,
+    ) -> Option<u16> {
         let meta = self.topics.get(topic)?;
+        if meta.node_of(partition).is_some_and(|node| node != node_id) {
+            return None;
+        }
         let index = usize::try_from(partition).ok()?;
         let stored = *meta.partition_shards.get(index)?;
         u16::try_from(usize::from(stored) % shard_count).ok()
     }
 
-    /// Partitions per shard, for least-loaded placement.
-    pub fn shard_loads(&self, shard_count: usize) -> Vec<usize> {
+    /// The node leading `partition` of `topic`, if it exists: its recorded node, else
+    /// `local_node`.
+    pub fn leader_of(&self, topic: &str, partition: i32, local_node: i32) -> Option<i32> {
+        let meta = self.topics.get(topic)?;
+        let count = i32::try_from(meta.partition_shards.len()).unwrap_or(i32::MAX);
+        if !(0..count).contains(&partition) {
+            return None;
+        }
+        Some(meta.node_of(partition).unwrap_or(local_node))
+    }
+
+    /// Partitions per shard of node `node_id`, for least-loaded placement.
+    pub fn shard_loads(&self, node_id: i32, shard_count: usize) -> Vec<usize> {
         let mut loads = vec![0usize; shard_count];
         for topic in self.topics.values() {
-            for shard in &topic.partition_shards {
-                loads[usize::from(*shard) % shard_count] += 1;
+            for (index, shard) in topic.partition_shards.iter().enumerate() {
+                let node = topic.partition_nodes.get(index).copied();
+                if node.is_none_or(|node| node == node_id) {
+                    loads[usize::from(*shard) % shard_count] += 1;
+                }
             }
         }
         loads
@@ -144,12 +244,13 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<ClusterMetadata>> {
         .map(Some)
 }
 
-fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
+pub(crate) fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
     if bytes.len() < METADATA_HEADER_BYTES {
         bail!("bad magic");
     }
     let v1 = &bytes[..8] == METADATA_MAGIC_V1;
-    if !v1 && &bytes[..8] != METADATA_MAGIC {
+    let v2 = &bytes[..8] == METADATA_MAGIC_V2;
+    if !v1 && !v2 && &bytes[..8] != METADATA_MAGIC {
         bail!("bad magic");
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -167,11 +268,16 @@ fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
             .map(ClusterMetadata::from)
             .map_err(|e| anyhow::anyhow!("cannot decode: {e}"));
     }
+    if v2 {
+        return rkyv::from_bytes::<legacy::ClusterMetadataV2, rkyv::rancor::Error>(&aligned)
+            .map(ClusterMetadata::from)
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}"));
+    }
     rkyv::from_bytes::<ClusterMetadata, rkyv::rancor::Error>(&aligned)
         .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
 }
 
-fn encode(metadata: &ClusterMetadata) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn encode(metadata: &ClusterMetadata) -> anyhow::Result<Vec<u8>> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(metadata)
         .map_err(|e| anyhow::anyhow!("cannot encode metadata: {e}"))?;
     let len = u32::try_from(payload.len()).context("metadata too large")?;
@@ -215,8 +321,30 @@ mod tests {
                 configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
                 leader_epoch: 0,
                 log_start_offsets: vec![0, 5],
+                partition_nodes: Vec::new(),
             },
         );
+        metadata.topics.insert(
+            "remote".to_string(),
+            TopicMeta {
+                id: [8; 16],
+                partition_shards: vec![1, 0],
+                configs: BTreeMap::new(),
+                leader_epoch: 0,
+                log_start_offsets: Vec::new(),
+                partition_nodes: vec![2, 3],
+            },
+        );
+        metadata.brokers.insert(
+            2,
+            BrokerMeta {
+                node_id: 2,
+                host: "127.0.0.1".to_string(),
+                port: 9092,
+                rpc_addr: "127.0.0.1:33145".to_string(),
+            },
+        );
+        metadata.controller_applied_index = 17;
         metadata
     }
 
@@ -267,9 +395,52 @@ mod tests {
     #[test]
     fn shard_of_wraps_when_fewer_shards_run() {
         let metadata = sample();
-        assert_eq!(metadata.shard_of("orders", 1, 4), Some(1));
-        assert_eq!(metadata.shard_of("orders", 1, 1), Some(0));
-        assert_eq!(metadata.shard_of("orders", 3, 4), None);
-        assert_eq!(metadata.shard_loads(2), vec![2, 1]);
+        assert_eq!(metadata.shard_of("orders", 1, 0, 4), Some(1));
+        assert_eq!(metadata.shard_of("orders", 1, 0, 1), Some(0));
+        assert_eq!(metadata.shard_of("orders", 3, 0, 4), None);
+        assert_eq!(metadata.shard_loads(0, 2), vec![2, 1]);
+    }
+
+    #[test]
+    fn partitions_of_other_nodes_have_no_local_shard() {
+        let metadata = sample();
+        assert_eq!(metadata.shard_of("remote", 0, 2, 4), Some(1));
+        assert_eq!(metadata.shard_of("remote", 1, 2, 4), None);
+        assert_eq!(metadata.leader_of("remote", 1, 2), Some(3));
+        assert_eq!(metadata.leader_of("orders", 1, 2), Some(2));
+        assert_eq!(metadata.leader_of("remote", 2, 2), None);
+        // Node 3 holds remote-1 on shard 0; orders (local to every node) counts too.
+        assert_eq!(metadata.shard_loads(3, 2), vec![3, 1]);
+    }
+
+    #[test]
+    fn version_two_metadata_is_upgraded_on_load() {
+        let mut v2 = legacy::ClusterMetadataV2 {
+            version: 4,
+            cluster_id: "cluster-2".to_string(),
+            producer_id_reserved_until: 1000,
+            ..Default::default()
+        };
+        v2.topics.insert(
+            "orders".to_string(),
+            legacy::TopicMetaV2 {
+                id: [7; 16],
+                partition_shards: vec![0, 1],
+                configs: BTreeMap::new(),
+                leader_epoch: 0,
+                log_start_offsets: vec![3],
+            },
+        );
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&v2).expect("encode v2");
+        let mut bytes = METADATA_MAGIC_V2.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let upgraded = decode(&bytes).expect("v2 decodes");
+        assert_eq!(upgraded.version, 4);
+        assert_eq!(upgraded.topics["orders"].log_start_override(0), 3);
+        assert!(upgraded.topics["orders"].partition_nodes.is_empty());
+        assert!(upgraded.brokers.is_empty());
+        assert_eq!(upgraded.controller_applied_index, 0);
     }
 }

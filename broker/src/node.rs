@@ -16,6 +16,7 @@ use rmq_protocols::kernel::{ConfigChange, KernelError, NodeInfo, TopicSpec};
 use tracing::{error, info, warn};
 
 use crate::admin_http;
+use crate::cluster::{ClusterNode, ClusterView};
 use crate::config::NodeConfig;
 use crate::constants::{
     GROUP_TICK_INTERVAL_MS, LOG_CLEANER_TASK_QUEUE_SHARES, MESH_CHANNEL_CAPACITY,
@@ -54,6 +55,9 @@ struct ShardStart {
     shutdown: flume::Receiver<()>,
     /// Shards that wrote their MQTT state at shutdown (see `mqtt::state`).
     mqtt_state_written: Arc<AtomicUsize>,
+    /// In a cluster (`--seeds`): what shard 0 publishes about it, and the RPC address it bound.
+    cluster_view: Option<Arc<ClusterView>>,
+    rpc_bound: BoundSlot,
 }
 
 /// The bounded channels between every ordered pair of shards, built before any executor runs.
@@ -104,6 +108,32 @@ fn lock_data_dir(config: &NodeConfig) -> anyhow::Result<DataDirLock> {
     Ok(DataDirLock { _file: file })
 }
 
+/// Refuses a data directory used in the other mode: a single node's topics would vanish
+/// under the cluster's (each node's metadata then comes from the controller group), and a
+/// cluster node's data names partitions other nodes lead.
+fn check_cluster_mode(config: &NodeConfig, metadata: &ClusterMetadata) -> anyhow::Result<()> {
+    let clustered = metadata.controller_applied_index > 0 || !metadata.brokers.is_empty();
+    if config.seeds.is_empty() && clustered {
+        bail!(
+            "data dir {} belongs to a cluster node; start it with --seeds (and its --node-id)",
+            config.data_dir.display()
+        );
+    }
+    let local_topics = metadata
+        .topics
+        .keys()
+        .filter(|name| !crate::controller::is_node_local_topic(name))
+        .count();
+    if !config.seeds.is_empty() && !clustered && local_topics > 0 {
+        bail!(
+            "data dir {} holds {local_topics} topics of a single node; a cluster node needs a \
+             data dir of its own (moving topics into a cluster is not supported)",
+            config.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn load_or_create_metadata(config: &NodeConfig) -> anyhow::Result<ClusterMetadata> {
     if let Some(metadata) = metadata::load(&config.data_dir)? {
         info!(
@@ -126,7 +156,10 @@ fn load_or_create_metadata(config: &NodeConfig) -> anyhow::Result<ClusterMetadat
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config)?;
     let metadata = Arc::new(load_or_create_metadata(&config)?);
+    check_cluster_mode(&config, &metadata)?;
     let config = Arc::new(config);
+    let cluster_view = (!config.seeds.is_empty()).then(|| Arc::new(ClusterView::new()));
+    let rpc_bound: BoundSlot = Arc::new((Mutex::new(None), Condvar::new()));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = if config.cores <= cpus {
         PoolPlacement::MaxSpread(config.cores, None)
@@ -165,6 +198,8 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         mqtt_ws_bound: mqtt_ws_bound.clone(),
         ready: ready_tx,
         shutdown: shutdown_rx,
+        cluster_view: cluster_view.clone(),
+        rpc_bound: rpc_bound.clone(),
     };
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("rmq-shard")
@@ -181,10 +216,20 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let addr = wait_ready(&ready_rx, config.cores)?;
     let mqtt_addr = bound_address(&mqtt_bound)?;
     let mqtt_ws_addr = bound_address(&mqtt_ws_bound)?;
-    let admin_addr = admin_http::start(config.admin_addr, addr, shard_metrics.to_vec())
-        .context("--admin-addr")?;
+    let admin_addr = admin_http::start(
+        config.admin_addr,
+        addr,
+        shard_metrics.to_vec(),
+        cluster_view.clone(),
+    )
+    .context("--admin-addr")?;
+    // The RPC listener exists only in a cluster; a single node's ready line is unchanged.
+    let rpc = match &cluster_view {
+        Some(_) => format!(" rpc={}", bound_address(&rpc_bound)?),
+        None => String::new(),
+    };
     println!(
-        "rmq-node ready kafka={addr} mqtt={mqtt_addr} mqtt-ws={mqtt_ws_addr} admin={admin_addr}"
+        "rmq-node ready kafka={addr} mqtt={mqtt_addr} mqtt-ws={mqtt_ws_addr} admin={admin_addr}{rpc}"
     );
     use std::io::Write;
     std::io::stdout().flush().ok();
@@ -278,6 +323,7 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         senders,
         controller,
         start.metrics[index].clone(),
+        start.cluster_view.clone(),
     ));
     shard.apply_metadata(start.metadata.clone()).await;
     spawn_mesh_receivers(&shard, receivers);
@@ -304,6 +350,26 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
         .local_addr()
         .map_err(|e| anyhow::anyhow!("listener address: {e}"))?;
     shard.set_node(advertised(&start.config, bound));
+    // Shard 0 of a cluster node joins the controller group (it registers the address above).
+    let cluster = match (&start.cluster_view, &shard.controller) {
+        (Some(view), Some(controller)) => {
+            let started = ClusterNode::start(&shard, view.clone()).await;
+            let (lock, ready) = &*start.rpc_bound;
+            *lock
+                .lock()
+                .map_err(|_| anyhow::anyhow!("bind slot poisoned"))? = Some(
+                started
+                    .as_ref()
+                    .map(|(_, addr)| *addr)
+                    .map_err(|e| format!("{e:#}")),
+            );
+            ready.notify_all();
+            let (node, _) = started?;
+            controller.set_cluster(node.clone());
+            Some(node)
+        }
+        _ => None,
+    };
     let _ = start.ready.send(Ok((id.0, bound)));
     let accept = glommio::spawn_local(kafka_listener::accept_loop(shard.clone(), listener));
     let mqtt_accept =
@@ -319,6 +385,9 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     drop(mqtt_ws_accept);
     mqtt::state::write_at_shutdown(&shard, &start.mqtt_state_written, start.config.cores).await;
     drain(&shard).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
     shard.logs.close_all().await.context("closing logs")?;
     info!(shard = id.0, "shard stopped");
     Ok(())

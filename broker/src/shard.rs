@@ -29,6 +29,7 @@ use rmq_storage::{
 use tracing::{error, warn};
 
 use crate::budget::RequestBudget;
+use crate::cluster::ClusterView;
 use crate::config::NodeConfig;
 use crate::constants::REQUEST_MEMORY_PER_SHARD_BYTES;
 use crate::controller::{Controller, ControllerReply, ControllerRequest};
@@ -100,6 +101,8 @@ pub struct Shard {
     pub groups: GroupCoordinator,
     pub metrics: Arc<ShardMetrics>,
     pub connections: Cell<usize>,
+    /// The cluster as shard 0 publishes it; `None` on a single node (no `--seeds`).
+    pub cluster_view: Option<Arc<ClusterView>>,
     metadata: RefCell<Arc<ClusterMetadata>>,
     /// `mesh[peer]` sends to shard `peer`; `None` at this shard's own index.
     mesh: Vec<Option<flume::Sender<ShardOp>>>,
@@ -155,6 +158,7 @@ impl Shard {
         mesh: Vec<Option<flume::Sender<ShardOp>>>,
         controller: Option<Controller>,
         metrics: Arc<ShardMetrics>,
+        cluster_view: Option<Arc<ClusterView>>,
     ) -> Shard {
         assert_eq!(mesh.len(), config.cores, "one mesh channel per shard");
         assert!(
@@ -177,6 +181,7 @@ impl Shard {
             budget: RequestBudget::new(REQUEST_MEMORY_PER_SHARD_BYTES),
             controller,
             connections: Cell::new(0),
+            cluster_view,
             metadata: RefCell::new(Arc::new(ClusterMetadata::default())),
             mesh,
             node: RefCell::new(None),
@@ -211,8 +216,34 @@ impl Shard {
     pub fn owner_of(&self, partition: &TopicPartition) -> Option<ShardId> {
         self.metadata
             .borrow()
-            .shard_of(&partition.topic, partition.partition, self.shard_count)
+            .shard_of(
+                &partition.topic,
+                partition.partition,
+                self.config.node_id,
+                self.shard_count,
+            )
             .map(ShardId)
+    }
+
+    /// Whether `partition` exists (on this node or, in a cluster, on another).
+    pub fn partition_exists(&self, partition: &TopicPartition) -> bool {
+        self.metadata
+            .borrow()
+            .leader_of(&partition.topic, partition.partition, self.config.node_id)
+            .is_some()
+    }
+
+    /// Why a partition without a local owner is not served here: another node leads it
+    /// (`NotLeaderOrFollower`), or it does not exist.
+    pub fn not_owned_error(&self, partition: &TopicPartition) -> KernelError {
+        match self.metadata.borrow().leader_of(
+            &partition.topic,
+            partition.partition,
+            self.config.node_id,
+        ) {
+            Some(node) if node != self.config.node_id => KernelError::NotLeaderOrFollower,
+            _ => KernelError::UnknownTopicOrPartition,
+        }
     }
 
     /// Sends `op` to another shard over the mesh (waits while that queue is full).
@@ -427,7 +458,9 @@ impl Shard {
                 let Ok(index) = i32::try_from(partition) else {
                     break;
                 };
-                if new.shard_of(name, index, self.shard_count) != Some(self.id.0) {
+                if new.shard_of(name, index, self.config.node_id, self.shard_count)
+                    != Some(self.id.0)
+                {
                     continue;
                 }
                 match self.logs.get(name, index) {

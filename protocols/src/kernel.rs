@@ -58,6 +58,10 @@ pub enum KernelError {
     },
     /// An operation this node does not offer (yet), e.g. transaction coordinators.
     Unsupported(String),
+    /// The partition exists but another node leads it (the client refreshes its metadata).
+    NotLeaderOrFollower,
+    /// The cluster has no controller right now (no quorum, or an election is under way).
+    NotController,
 }
 
 impl fmt::Display for KernelError {
@@ -94,6 +98,10 @@ impl fmt::Display for KernelError {
             KernelError::FencedInstanceId => write!(f, "static member fenced by a newer instance"),
             KernelError::InvalidSessionTimeout(m) | KernelError::Unsupported(m) => write!(f, "{m}"),
             KernelError::GroupIdNotFound => write!(f, "group not found"),
+            KernelError::NotLeaderOrFollower => write!(f, "another node leads this partition"),
+            KernelError::NotController => {
+                write!(f, "no controller is available (no quorum or an election)")
+            }
             KernelError::NonEmptyGroup => write!(f, "group has active members"),
             KernelError::GroupSubscribedToTopic => write!(f, "group is subscribed to the topic"),
             KernelError::OffsetMetadataTooLarge {
@@ -349,6 +357,19 @@ pub trait Kernel {
 
     fn node(&self) -> NodeInfo;
     fn cluster_id(&self) -> String;
+    /// Every broker of the cluster (this node alone unless it runs in a cluster).
+    fn brokers(&self) -> Vec<NodeInfo> {
+        vec![self.node()]
+    }
+    /// The node id of the controller; -1 when there is none right now.
+    fn controller_id(&self) -> i32 {
+        self.node().node_id
+    }
+    /// The node leading `partition` of `topic` (this node unless it runs in a cluster).
+    fn partition_leader(&self, topic: &str, partition: i32) -> i32 {
+        let _ = (topic, partition);
+        self.node().node_id
+    }
     /// Whether Metadata requests create unknown topics (`auto_create_topics_enable`).
     fn auto_create_topics(&self) -> bool;
     /// `socket.request.max.bytes`: larger frames are refused before any allocation.

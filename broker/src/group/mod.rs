@@ -324,7 +324,9 @@ impl GroupCoordinator {
                     size_bytes,
                     max_bytes: OFFSET_METADATA_MAX_BYTES,
                 })
-            } else if shard.owner_of(&partition).is_none() {
+            } else if !shard.partition_exists(&partition) {
+                // In a cluster the partition may live on another node: a group coordinated
+                // here still commits offsets for it.
                 Err(KernelError::UnknownTopicOrPartition)
             } else {
                 records.push(OffsetRecord {

@@ -36,6 +36,8 @@ pub fn error_code(error: &KernelError) -> i16 {
         KernelError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
         KernelError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
         KernelError::Unsupported(_) => ResponseError::UnsupportedVersion,
+        KernelError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+        KernelError::NotController => ResponseError::NotController,
     };
     kafka_error.code()
 }

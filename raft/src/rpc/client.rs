@@ -147,6 +147,36 @@ impl RpcClient {
         }
     }
 
+    /// Sends the embedder's `payload` as a `Forward` request for `group_id` to node `target`
+    /// at `addr` and returns the answer's bytes; fails (with the reason) if the peer is down,
+    /// answers with a fault, or does not answer within `timeout`.
+    pub async fn forward(
+        &self,
+        target: u64,
+        addr: &str,
+        group_id: u64,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let option = RPCOption::new(timeout);
+        let request = RpcRequest::Forward(payload);
+        match self
+            .call(
+                target,
+                addr,
+                group_id,
+                &request,
+                &option,
+                RPCTypes::AppendEntries,
+            )
+            .await
+        {
+            Ok(RpcResponse::Forward(bytes)) => Ok(bytes),
+            Ok(other) => Err(format!("mismatched response {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// The connection to `target` at `addr`, opened (in the background) on first use; a cached
     /// connection to another address is replaced.
     fn peer(&self, target: u64, addr: &str) -> Rc<Peer> {

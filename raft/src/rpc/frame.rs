@@ -35,9 +35,13 @@ pub enum FrameKind {
     PreVote = 3,
     AppendEntries = 4,
     InstallSnapshot = 5,
+    /// An embedder's request for whichever group's owner serves it (e.g. a write forwarded
+    /// to a Raft leader); the payload is the embedder's own bytes, not rkyv.
+    Forward = 6,
     VoteResponse = 0x82,
     AppendEntriesResponse = 0x84,
     InstallSnapshotResponse = 0x85,
+    ForwardResponse = 0x86,
     /// The request could not be served (unknown group, Raft error, undecodable request).
     Error = 0xff,
 }
@@ -50,9 +54,11 @@ impl FrameKind {
             3 => FrameKind::PreVote,
             4 => FrameKind::AppendEntries,
             5 => FrameKind::InstallSnapshot,
+            6 => FrameKind::Forward,
             0x82 => FrameKind::VoteResponse,
             0x84 => FrameKind::AppendEntriesResponse,
             0x85 => FrameKind::InstallSnapshotResponse,
+            0x86 => FrameKind::ForwardResponse,
             0xff => FrameKind::Error,
             _ => return None,
         })

@@ -119,6 +119,10 @@ where
                     .await
                     .map(RpcResponse::InstallSnapshot)
                     .map_err(raft_fault),
+                RpcRequest::Forward(_) => Err(RpcFault::new(
+                    FaultCode::BadRequest,
+                    "this node serves no forwarded requests",
+                )),
             }
         })
     }

@@ -44,6 +44,8 @@ pub enum RpcRequest {
         vote: PartitionVote,
         snapshot: PartitionSnapshot,
     },
+    /// The embedder's own request bytes (see `FrameKind::Forward`), served by its dispatcher.
+    Forward(Vec<u8>),
 }
 
 /// A served request's answer.
@@ -52,6 +54,8 @@ pub enum RpcResponse {
     Vote(VoteResponse<PartitionRaft>),
     AppendEntries(AppendEntriesResponse<PartitionRaft>),
     InstallSnapshot(SnapshotResponse<PartitionRaft>),
+    /// The embedder's own answer bytes to a `Forward` request.
+    Forward(Vec<u8>),
 }
 
 /// Why a request was not served; sent back as an `Error` frame.
@@ -466,7 +470,15 @@ pub fn encode_request(request: &RpcRequest) -> Result<(FrameKind, AlignedVec), W
             FrameKind::InstallSnapshot,
             encode!(&snapshot_request_to_wire(vote, snapshot))?,
         ),
+        RpcRequest::Forward(bytes) => (FrameKind::Forward, aligned(bytes)),
     })
+}
+
+/// Opaque bytes as a frame payload.
+fn aligned(bytes: &[u8]) -> AlignedVec {
+    let mut out = AlignedVec::with_capacity(bytes.len());
+    out.extend_from_slice(bytes);
+    out
 }
 
 /// The request in a frame of `kind`; `bytes` must be 16-byte aligned (a frame payload is).
@@ -488,6 +500,7 @@ pub fn decode_request(kind: FrameKind, bytes: &[u8]) -> Result<RpcRequest, WireE
                 snapshot_request_from_wire(decode!(WireSnapshotRequest, bytes)?)?;
             Ok(RpcRequest::InstallSnapshot { vote, snapshot })
         }
+        FrameKind::Forward => Ok(RpcRequest::Forward(bytes.to_vec())),
         other => Err(WireError(format!("{other:?} is not a request"))),
     }
 }
@@ -511,6 +524,7 @@ pub fn encode_response(
                 vote: vote_to_wire(&response.vote),
             })?,
         ),
+        Ok(RpcResponse::Forward(bytes)) => (FrameKind::ForwardResponse, aligned(bytes)),
         Err(fault) => (FrameKind::Error, encode!(fault)?),
     })
 }
@@ -534,6 +548,7 @@ pub fn decode_response(
                 vote: vote_from_wire(&response.vote),
             }))
         }
+        FrameKind::ForwardResponse => Ok(RpcResponse::Forward(bytes.to_vec())),
         FrameKind::Error => Err(decode!(RpcFault, bytes)?),
         other => return Err(WireError(format!("{other:?} is not a response"))),
     })

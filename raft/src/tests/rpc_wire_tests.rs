@@ -204,6 +204,14 @@ fn rpc_wire_round_trips_every_message() {
     ] {
         response_round_trip(Err(RpcFault::new(code, "why")));
     }
+    // The embedder's forwarded bytes travel as they are, empty or not.
+    for bytes in [Vec::new(), b"propose this".to_vec()] {
+        match frame_round_trip(&RpcRequest::Forward(bytes.clone())) {
+            RpcRequest::Forward(got) => assert_eq!(got, bytes),
+            other => panic!("forward came back as {other:?}"),
+        }
+        response_round_trip(Ok(RpcResponse::Forward(bytes)));
+    }
 }
 
 #[test]

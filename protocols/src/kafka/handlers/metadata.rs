@@ -19,11 +19,10 @@ pub async fn handle<K: Kernel>(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let node = kernel.node();
     let mut response = MetadataResponse::default();
-    response.brokers = vec![broker(&node)];
+    response.brokers = kernel.brokers().iter().map(broker).collect();
     response.cluster_id = Some(StrBytes::from_string(kernel.cluster_id()));
-    response.controller_id = BrokerId(node.node_id);
+    response.controller_id = BrokerId(kernel.controller_id());
     response.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
     let all_topics = match &request.topics {
         None => true,
@@ -34,7 +33,7 @@ pub async fn handle<K: Kernel>(
             .topics()
             .iter()
             .filter(|t| !t.internal)
-            .map(|t| topic_entry(t, &node))
+            .map(|t| topic_entry(kernel, t))
             .collect();
         return response;
     }
@@ -73,7 +72,7 @@ pub async fn handle<K: Kernel>(
         .map(|name| match name {
             None => error_topic(None, ResponseError::UnknownTopicId.code()),
             Some(name) => match kernel.topic(&name) {
-                Some(info) => topic_entry(&info, &node),
+                Some(info) => topic_entry(kernel, &info),
                 None => {
                     let code = creation_errors
                         .iter()
@@ -105,18 +104,19 @@ fn error_topic(name: Option<String>, code: i16) -> MetadataResponseTopic {
     topic
 }
 
-fn topic_entry(info: &TopicInfo, node: &NodeInfo) -> MetadataResponseTopic {
+fn topic_entry<K: Kernel>(kernel: &K, info: &TopicInfo) -> MetadataResponseTopic {
     let mut topic = error_topic(Some(info.name.clone()), 0);
     topic.topic_id = uuid::Uuid::from_bytes(info.id);
     topic.is_internal = info.internal;
     topic.partitions = (0..info.partition_count)
         .map(|index| {
             let mut partition = MetadataResponsePartition::default();
+            let leader = BrokerId(kernel.partition_leader(&info.name, index));
             partition.partition_index = index;
-            partition.leader_id = BrokerId(node.node_id);
+            partition.leader_id = leader;
             partition.leader_epoch = info.leader_epoch;
-            partition.replica_nodes = vec![BrokerId(node.node_id)];
-            partition.isr_nodes = vec![BrokerId(node.node_id)];
+            partition.replica_nodes = vec![leader];
+            partition.isr_nodes = vec![leader];
             partition
         })
         .collect();

@@ -1,0 +1,603 @@
+//! Cluster formation and the controller Raft group (`--seeds`).
+//!
+//! Shard 0 of every seed node runs the controller group (Raft group `CONTROLLER_GROUP_ID`):
+//! its log is a partition log in `<data_dir>/__controller/0`, its state machine the replicated
+//! cluster metadata (`state_machine`): brokers, topics, configs and placement. Shard 0 also
+//! runs the node's `RpcServer` (on `--rpc-addr`) and `RpcClient`; other shards do not yet.
+//!
+//! - Formation: the lowest-id seed initializes the membership (every seed a voter) once;
+//!   openraft refuses a second initialization, so restarts are idempotent. Each node then
+//!   registers itself (a `RegisterBroker` command) until the replicated state shows it.
+//! - Proposals: any node may change the metadata. It validates against its replicated state,
+//!   writes the command itself when it leads, else forwards it over RPC (`FrameKind::Forward`)
+//!   to the leader, which proposes it and answers with the entry's log index. The proposer
+//!   waits until it has applied and merged that index, then checks the state for the outcome
+//!   (commands are compare-and-set). Without a leader for `CONTROLLER_PROPOSE_TIMEOUT_MS` the
+//!   request fails with NOT_CONTROLLER (Kafka clients retry it).
+//! - Apply: every node applies committed commands in log order; a merger task folds the
+//!   replicated state into the node's metadata (`Controller::merge_replicated`), which is
+//!   persisted and broadcast to every shard's ShardTable as on a single node.
+//! - Status: a task publishes the controller id and the group's replication progress in a
+//!   `ClusterView` that every shard (Metadata, DescribeCluster) and the admin HTTP thread
+//!   (`/v1/cluster`) read.
+//!
+//! Concurrency contract: `ClusterNode` is `!Send` and lives on shard 0; `RefCell` borrows never
+//! span an await. `ClusterView` is the only part shared across threads (atomics and a mutex
+//! held only to copy a value in or out).
+
+pub mod state_machine;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_lite::future::BoxedLocal;
+use openraft::rt::WatchReceiver;
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use rmq_protocols::kernel::KernelError;
+use rmq_raft::rpc::{Dispatcher, FaultCode, RaftGroups, RpcClient, RpcFault, RpcRequest};
+use rmq_raft::rpc::{RpcResponse, RpcServer};
+use rmq_raft::{PartitionLogStore, PartitionRaft};
+use rmq_storage::{LogConfig, PartitionLog};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::constants::{
+    BROKER_REGISTER_RETRY_MS, CLUSTER_STATUS_REFRESH_MS, CONTROLLER_COMMAND_BYTES_MAX,
+    CONTROLLER_ELECTION_TIMEOUT_MAX_MS, CONTROLLER_ELECTION_TIMEOUT_MIN_MS,
+    CONTROLLER_FORWARD_TIMEOUT_MS, CONTROLLER_GROUP_ID, CONTROLLER_HEARTBEAT_INTERVAL_MS,
+    CONTROLLER_MERGE_POLL_MS, CONTROLLER_PROPOSE_TIMEOUT_MS, CONTROLLER_RETRY_INTERVAL_MS,
+};
+use crate::metadata::{BrokerMeta, ClusterMetadata, TopicMeta};
+use crate::shard::{now_ms, Shard};
+use state_machine::{
+    command_batch, decode_command, encode_command, ControllerCommand, ControllerShared,
+    ControllerStateMachine,
+};
+
+pub type ControllerRaft = Raft<PartitionRaft, ControllerStateMachine>;
+
+/// Answer bytes of a forwarded proposal: `FORWARD_OK` + the entry's log index (u64 BE), or
+/// `FORWARD_ERROR` + a UTF-8 reason.
+const FORWARD_OK: u8 = 0;
+const FORWARD_ERROR: u8 = 1;
+
+/// What every shard and the admin HTTP thread know about the cluster.
+pub struct ClusterView {
+    /// The controller leader's node id; -1 while there is none (or none known).
+    controller_id: AtomicI32,
+    /// `/v1/cluster`'s body, refreshed by shard 0.
+    status: Mutex<serde_json::Value>,
+}
+
+impl ClusterView {
+    pub fn new() -> ClusterView {
+        ClusterView {
+            controller_id: AtomicI32::new(-1),
+            status: Mutex::new(json!({"mode": "cluster", "controller": null})),
+        }
+    }
+
+    pub fn controller_id(&self) -> i32 {
+        self.controller_id.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.status
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_else(|_| json!({"error": "cluster status unavailable"}))
+    }
+
+    fn publish(&self, controller_id: i32, status: serde_json::Value) {
+        self.controller_id.store(controller_id, Ordering::Relaxed);
+        if let Ok(mut slot) = self.status.lock() {
+            *slot = status;
+        }
+    }
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        ClusterView::new()
+    }
+}
+
+/// Routes the controller group's Raft messages to its Raft and forwarded proposals to the node.
+struct ControllerDispatcher {
+    groups: RaftGroups<ControllerStateMachine>,
+    node: RefCell<Weak<ClusterNode>>,
+}
+
+impl Dispatcher for ControllerDispatcher {
+    fn dispatch(
+        &self,
+        group_id: u64,
+        request: RpcRequest,
+    ) -> BoxedLocal<Result<RpcResponse, RpcFault>> {
+        match request {
+            RpcRequest::Forward(bytes) => {
+                let node = self.node.borrow().upgrade();
+                Box::pin(async move {
+                    match node {
+                        Some(node) if group_id == CONTROLLER_GROUP_ID => {
+                            Ok(RpcResponse::Forward(node.serve_forward(&bytes).await))
+                        }
+                        _ => Err(RpcFault::new(
+                            FaultCode::UnknownGroup,
+                            format!("no controller group {group_id} here"),
+                        )),
+                    }
+                })
+            }
+            other => self.groups.dispatch(group_id, other),
+        }
+    }
+}
+
+/// This node's member of the controller group; see the module comment.
+pub struct ClusterNode {
+    node_id: i32,
+    raft: ControllerRaft,
+    shared: Rc<ControllerShared>,
+    client: RpcClient,
+    server: RefCell<Option<RpcServer>>,
+    log: Rc<PartitionLog>,
+    /// Highest controller log index this node has merged into its metadata (or found merged
+    /// already at startup).
+    merged_index: Cell<u64>,
+    view: Arc<ClusterView>,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+}
+
+/// The controller log: kept forever (no retention), room for the largest command.
+fn controller_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024 * 1024,
+        retention_ms: -1,
+        retention_bytes: -1,
+        max_message_bytes: CONTROLLER_COMMAND_BYTES_MAX + 1024 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+fn raft_config() -> anyhow::Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: "rmq-controller".to_string(),
+        heartbeat_interval: CONTROLLER_HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: CONTROLLER_ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: CONTROLLER_ELECTION_TIMEOUT_MAX_MS,
+        // The log is the whole history of the metadata and stays small; the state machine is
+        // rebuilt from it at startup.
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| {
+        anyhow::anyhow!("controller Raft config: {e}")
+    })?))
+}
+
+/// Waits for `future` at most `timeout`; `None` past it.
+async fn within<T>(timeout: Duration, future: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await
+}
+
+fn node_u64(node_id: i32) -> u64 {
+    u64::try_from(node_id).unwrap_or(0)
+}
+
+impl ClusterNode {
+    /// Opens the controller log, binds the RPC server, starts the controller Raft (and
+    /// initializes the membership on the lowest seed), then the merger, status and
+    /// registration tasks. Returns the node and the bound RPC address. Shard 0 only, after
+    /// the Kafka listener is bound (registration advertises it).
+    pub async fn start(
+        shard: &Rc<Shard>,
+        view: Arc<ClusterView>,
+    ) -> anyhow::Result<(Rc<ClusterNode>, SocketAddr)> {
+        let config = &shard.config;
+        let node_id = config.node_id;
+        let dir = config
+            .data_dir
+            .join("__controller")
+            .join(CONTROLLER_GROUP_ID.to_string());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = PartitionLog::open(dir.clone(), controller_log_config())
+            .await
+            .with_context(|| format!("cannot open the controller log in {}", dir.display()))?;
+        let store = PartitionLogStore::open(log.clone(), dir.clone())
+            .await
+            .with_context(|| format!("cannot open the controller Raft log {}", dir.display()))?;
+        let (shared, changed) = ControllerShared::new();
+        let dispatcher = Rc::new(ControllerDispatcher {
+            groups: RaftGroups::default(),
+            node: RefCell::new(Weak::new()),
+        });
+        let server = RpcServer::bind(
+            &config.rpc_addr,
+            node_u64(node_id),
+            dispatcher.clone(),
+            None,
+        )
+        .with_context(|| format!("--rpc-addr: cannot listen on {}", config.rpc_addr))?;
+        let rpc_addr = server.local_addr();
+        let client = RpcClient::new(node_u64(node_id), None);
+        let raft = Raft::new(
+            node_u64(node_id),
+            raft_config()?,
+            client.network_factory(CONTROLLER_GROUP_ID),
+            store,
+            ControllerStateMachine::new(shared.clone()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the controller Raft: {e}"))?;
+        dispatcher.groups.insert(CONTROLLER_GROUP_ID, raft.clone());
+        let lowest = config.seeds.iter().map(|seed| seed.node_id).min();
+        if lowest == Some(node_id) {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| anyhow::anyhow!("controller Raft: {e}"))?;
+            if !initialized {
+                let members: BTreeMap<u64, BasicNode> = config
+                    .seeds
+                    .iter()
+                    .map(|seed| (node_u64(seed.node_id), BasicNode::new(&seed.rpc_addr)))
+                    .collect();
+                match raft.initialize(members).await {
+                    Ok(()) => info!(
+                        seeds = config.seeds.len(),
+                        "controller group initialized with every seed as a voter"
+                    ),
+                    // Another start got there first (the log is not empty): nothing to do.
+                    Err(error) => warn!(%error, "controller group initialization skipped"),
+                }
+            }
+        }
+        let merged = shard
+            .controller
+            .as_ref()
+            .map_or(0, |controller| controller.state().controller_applied_index);
+        let node = Rc::new(ClusterNode {
+            node_id,
+            raft,
+            shared,
+            client,
+            server: RefCell::new(Some(server)),
+            log,
+            merged_index: Cell::new(merged),
+            view,
+            tasks: RefCell::new(Vec::new()),
+        });
+        *dispatcher.node.borrow_mut() = Rc::downgrade(&node);
+        let tasks = vec![
+            glommio::spawn_local(merge_loop(shard.clone(), Rc::downgrade(&node), changed)).detach(),
+            glommio::spawn_local(status_loop(shard.clone(), Rc::downgrade(&node))).detach(),
+            glommio::spawn_local(register(shard.clone(), Rc::downgrade(&node))).detach(),
+        ];
+        *node.tasks.borrow_mut() = tasks;
+        info!(node = node_id, rpc = %rpc_addr, "controller group member started");
+        Ok((node, rpc_addr))
+    }
+
+    /// Stops the tasks, the Raft, the RPC server and client, and closes the controller log.
+    pub async fn shutdown(&self) {
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+        if let Err(error) = self.raft.shutdown().await {
+            warn!(%error, "controller Raft shutdown failed");
+        }
+        if let Some(server) = self.server.borrow_mut().take() {
+            server.shutdown();
+        }
+        self.client.shutdown();
+        if let Err(error) = self.log.close().await {
+            warn!(%error, "closing the controller log failed");
+        }
+    }
+
+    /// The replicated topics and brokers as this node has applied them.
+    pub fn replicated_topics_and_brokers(
+        &self,
+    ) -> (BTreeMap<String, TopicMeta>, BTreeMap<i32, BrokerMeta>) {
+        let state = self.shared.state.borrow();
+        (state.topics.clone(), state.brokers.clone())
+    }
+
+    /// Proposes what changed between `base` (the replicated topics an operation started
+    /// from) and `next`, one topic at a time, each answered once merged here.
+    pub async fn propose_diff(
+        &self,
+        base: &ClusterMetadata,
+        next: &ClusterMetadata,
+    ) -> Result<(), KernelError> {
+        let mut commands = Vec::new();
+        for (name, meta) in &next.topics {
+            let expected = base.topics.get(name);
+            if expected != Some(meta) {
+                commands.push(ControllerCommand::PutTopic {
+                    name: name.clone(),
+                    expected: expected.cloned(),
+                    meta: meta.clone(),
+                });
+            }
+        }
+        for (name, meta) in &base.topics {
+            if !next.topics.contains_key(name) {
+                commands.push(ControllerCommand::DeleteTopic {
+                    name: name.clone(),
+                    id: meta.id,
+                });
+            }
+        }
+        for command in commands {
+            self.propose_and_wait(command).await?;
+        }
+        Ok(())
+    }
+
+    /// Proposes `command`, waits until this node has merged it, and checks it took effect.
+    async fn propose_and_wait(&self, command: ControllerCommand) -> Result<(), KernelError> {
+        let bytes =
+            encode_command(&command).map_err(|e| KernelError::InvalidRequest(format!("{e}")))?;
+        let index = self.propose(bytes).await?;
+        let deadline = Instant::now() + Duration::from_millis(CONTROLLER_PROPOSE_TIMEOUT_MS);
+        while self.merged_index.get() < index {
+            if Instant::now() > deadline {
+                return Err(KernelError::RequestTimedOut);
+            }
+            glommio::timer::sleep(Duration::from_millis(CONTROLLER_MERGE_POLL_MS)).await;
+        }
+        if self.shared.state.borrow().reflects(&command) {
+            Ok(())
+        } else {
+            Err(KernelError::InvalidRequest(
+                "the cluster metadata changed concurrently; retry the request".to_string(),
+            ))
+        }
+    }
+
+    /// Gets `command_bytes` committed through the current leader; its log index.
+    async fn propose(&self, command_bytes: Vec<u8>) -> Result<u64, KernelError> {
+        let deadline = Instant::now() + Duration::from_millis(CONTROLLER_PROPOSE_TIMEOUT_MS);
+        loop {
+            let (leader, leader_addr) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow_watched();
+                let leader = metrics.current_leader;
+                let addr = leader.and_then(|id| {
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|node| node.addr.clone())
+                });
+                (leader, addr)
+            };
+            let outcome = match (leader, leader_addr) {
+                (Some(leader), _) if leader == node_u64(self.node_id) => {
+                    self.write_local(command_bytes.clone()).await
+                }
+                (Some(leader), Some(addr)) => self
+                    .client
+                    .forward(
+                        leader,
+                        &addr,
+                        CONTROLLER_GROUP_ID,
+                        command_bytes.clone(),
+                        Duration::from_millis(CONTROLLER_FORWARD_TIMEOUT_MS),
+                    )
+                    .await
+                    .and_then(|answer| decode_forward_answer(&answer)),
+                _ => Err("no controller leader".to_string()),
+            };
+            match outcome {
+                Ok(index) => return Ok(index),
+                Err(reason) => {
+                    if Instant::now() > deadline {
+                        warn!(%reason, "controller proposal failed");
+                        return Err(KernelError::NotController);
+                    }
+                }
+            }
+            glommio::timer::sleep(Duration::from_millis(CONTROLLER_RETRY_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Appends a command as the leader and waits for its commit and apply; its log index.
+    async fn write_local(&self, command_bytes: Vec<u8>) -> Result<u64, String> {
+        let batch = command_batch(command_bytes, now_ms()).map_err(|e| e.to_string())?;
+        let timeout = Duration::from_millis(CONTROLLER_FORWARD_TIMEOUT_MS);
+        match within(timeout, self.raft.client_write(batch)).await {
+            Some(Ok(response)) => Ok(response.log_id.index),
+            Some(Err(error)) => Err(error.to_string()),
+            None => Err("the controller write timed out".to_string()),
+        }
+    }
+
+    /// A proposal forwarded by another node: checked, written if this node leads.
+    async fn serve_forward(&self, bytes: &[u8]) -> Vec<u8> {
+        let outcome = match decode_command(bytes) {
+            Err(error) => Err(format!("rejected: {error}")),
+            Ok(_) => self.write_local(bytes.to_vec()).await,
+        };
+        match outcome {
+            Ok(index) => {
+                let mut answer = vec![FORWARD_OK];
+                answer.extend_from_slice(&index.to_be_bytes());
+                answer
+            }
+            Err(reason) => {
+                let mut answer = vec![FORWARD_ERROR];
+                answer.extend_from_slice(reason.as_bytes());
+                answer
+            }
+        }
+    }
+}
+
+fn decode_forward_answer(answer: &[u8]) -> Result<u64, String> {
+    match answer.split_first() {
+        Some((&FORWARD_OK, index)) => index
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| "malformed forward answer".to_string()),
+        Some((&FORWARD_ERROR, reason)) => Err(String::from_utf8_lossy(reason).into_owned()),
+        _ => Err("malformed forward answer".to_string()),
+    }
+}
+
+/// Folds the replicated state into the node's metadata whenever it changed.
+async fn merge_loop(shard: Rc<Shard>, node: Weak<ClusterNode>, changed: flume::Receiver<()>) {
+    // The state machine starts empty (content version 0) and replays the log.
+    let mut merged_content = 0u64;
+    while changed.recv_async().await.is_ok() {
+        let Some(node) = node.upgrade() else { return };
+        let applied = node.shared.applied_index.get();
+        let content = node.shared.content_version.get();
+        if content != merged_content {
+            let state = node.shared.state.borrow().clone();
+            if let Some(controller) = shard.controller.as_ref() {
+                let merged = controller
+                    .merge_replicated(
+                        &shard,
+                        state.cluster_id,
+                        state.topics,
+                        state.brokers,
+                        applied,
+                    )
+                    .await;
+                if let Err(error) = merged {
+                    warn!(%error, "cannot merge the controller state; retrying");
+                    glommio::timer::sleep(Duration::from_millis(CONTROLLER_RETRY_INTERVAL_MS))
+                        .await;
+                    node.shared.wake();
+                    continue;
+                }
+            }
+            merged_content = content;
+        }
+        if applied > node.merged_index.get() {
+            node.merged_index.set(applied);
+        }
+    }
+}
+
+/// Registers this node (advertised Kafka address, RPC address) until the state shows it.
+async fn register(shard: Rc<Shard>, node: Weak<ClusterNode>) {
+    let config = shard.config.clone();
+    let kafka = shard.node();
+    let rpc_addr = config
+        .seeds
+        .iter()
+        .find(|seed| seed.node_id == config.node_id)
+        .map(|seed| seed.rpc_addr.clone())
+        .unwrap_or_else(|| config.rpc_addr.clone());
+    let command = ControllerCommand::RegisterBroker {
+        broker: BrokerMeta {
+            node_id: config.node_id,
+            host: kafka.host,
+            port: kafka.port,
+            rpc_addr,
+        },
+        cluster_id: shard.metadata().cluster_id.clone(),
+    };
+    loop {
+        let Some(live) = node.upgrade() else { return };
+        if live.shared.state.borrow().reflects(&command) {
+            info!(
+                node = config.node_id,
+                "registered with the controller group"
+            );
+            return;
+        }
+        if let Err(error) = live.propose_and_wait(command.clone()).await {
+            tracing::debug!(%error, "broker registration not done yet");
+        }
+        drop(live);
+        glommio::timer::sleep(Duration::from_millis(BROKER_REGISTER_RETRY_MS)).await;
+    }
+}
+
+/// Publishes the controller id and replication progress in the `ClusterView`.
+async fn status_loop(shard: Rc<Shard>, node: Weak<ClusterNode>) {
+    loop {
+        let Some(live) = node.upgrade() else { return };
+        let (controller_id, status) = live.status(&shard);
+        live.view.publish(controller_id, status);
+        drop(live);
+        glommio::timer::sleep(Duration::from_millis(CLUSTER_STATUS_REFRESH_MS)).await;
+    }
+}
+
+impl ClusterNode {
+    fn status(&self, shard: &Shard) -> (i32, serde_json::Value) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader.and_then(|id| i32::try_from(id).ok());
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let metadata = shard.metadata();
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let mut ids: Vec<i32> = metadata.brokers.keys().copied().collect();
+        for voter in &voters {
+            if let Ok(id) = i32::try_from(*voter) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        let nodes: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| {
+                let broker = metadata.brokers.get(id);
+                let matched = if *id == self.node_id {
+                    Some(last_log_index)
+                } else {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&node_u64(*id)))
+                        .map(|matched| matched.as_ref().map_or(0, |log_id| log_id.index))
+                };
+                json!({
+                    "node_id": id,
+                    "host": broker.map(|b| b.host.clone()),
+                    "port": broker.map(|b| b.port),
+                    "rpc_addr": broker.map(|b| b.rpc_addr.clone()),
+                    "registered": broker.is_some(),
+                    "voter": voters.contains(&node_u64(*id)),
+                    "matched_index": matched,
+                    "lag": matched.map(|m| last_log_index.saturating_sub(m)),
+                })
+            })
+            .collect();
+        let status = json!({
+            "mode": "cluster",
+            "node_id": self.node_id,
+            "cluster_id": metadata.cluster_id,
+            "controller": leader,
+            "state": format!("{:?}", metrics.state),
+            "term": metrics.current_term,
+            "last_log_index": last_log_index,
+            "committed_index": metrics.local_committed.map(|id| id.index),
+            "applied_index": metrics.last_applied.map(|id| id.index),
+            "merged_index": self.merged_index.get(),
+            // Lags are known to the leader only; a follower reports its own progress.
+            "lag_reported_by": if leader == Some(self.node_id) { "leader" } else { "follower" },
+            "nodes": nodes,
+        });
+        (leader.unwrap_or(-1), status)
+    }
+}

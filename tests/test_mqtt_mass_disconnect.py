@@ -41,7 +41,9 @@ def test_mass_disconnect_of_160k_filters_keeps_the_broker_routing(broker_factory
     # on its own new filter, each gets its own message.
     subscribers = [Client(port) for _ in range(4)]
     # A SUBACK waits until every shard applied the change, i.e. behind the 160,000 queued
-    # ones: 5-8 s on an idle 2-core VM, 16-25 s with other builds running.
+    # ones. One change per round trip took 5-8 s on an idle 2-core VM and 16-25 s with other
+    # builds running; batched (INTEREST_BATCH_MAX per mesh message) it is immediate. The
+    # deadline stays generous: the test is about staying up and routing, not speed.
     for i, s in enumerate(subscribers):
         s.subscribe("%s/new/%d" % (run, i), qos=1, timeout_s=90)
     publisher = Client(port)

@@ -141,3 +141,8 @@ pub const MOVE_FORWARD_MAX_MS: u64 = 3_000;
 /// session not installed yet); past it they are dropped and logged.
 pub const FORWARD_QUEUE_MAX: usize = 65_536;
 const _: () = assert!(MOVE_FORWARD_MAX_MS < MIGRATION_DEDUP_WINDOW_MS);
+
+/// Interest changes (filter routes of one shard) sent to the other shards as one mesh message
+/// and acknowledged together: a storm of SUBSCRIBEs, a mass disconnect or the sessions restored
+/// at startup cost one round trip per batch, not per filter.
+pub const INTEREST_BATCH_MAX: usize = 1_024;

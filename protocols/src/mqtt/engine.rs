@@ -65,7 +65,7 @@ use super::bridge;
 use super::codec::{self, ProtocolLevel, Will};
 use super::config::MqttConfig;
 use super::constants::{
-    BRIDGE_BATCH_MAX_BYTES, FORWARD_QUEUE_MAX, MAX_SESSIONS_PER_SHARD,
+    BRIDGE_BATCH_MAX_BYTES, FORWARD_QUEUE_MAX, INTEREST_BATCH_MAX, MAX_SESSIONS_PER_SHARD,
     MESH_DELIVER_BATCHES_IN_FLIGHT, MESH_DELIVER_BATCH_MAX, MIGRATION_DEDUP_WINDOW_MS,
     MOVE_FORWARD_MAX_MS, OUTBOX_MAX_BYTES, SESSION_IMAGE_MAX_BYTES, SESSION_NEVER_EXPIRES_S,
     SYS_INTERVAL_MS,
@@ -137,13 +137,12 @@ impl Forwards {
 
 /// Work one shard asks of another (`Send`; payloads shared, never copied).
 pub enum ShardMessage {
-    /// Shard `origin` changed its interest in `filter` (see `Route`).
+    /// Shard `origin` changed its interest: `changes[i]` (filter, route, present; see
+    /// `Route`) has sequence number `first_seq + i`. At most `INTEREST_BATCH_MAX` changes.
     Interest {
         origin: u16,
-        seq: u64,
-        filter: String,
-        route: Route,
-        present: bool,
+        first_seq: u64,
+        changes: Arc<Vec<(String, Route, bool)>>,
         ack: flume::Sender<()>,
     },
     /// Publishes for this shard, in publish order (at most `MESH_DELIVER_BATCH_MAX`);
@@ -563,35 +562,42 @@ impl<K: MqttKernel> MqttShard<K> {
     // ------------------------------------------------------------ interest broadcast
 
     /// The one task that sends this shard's interest changes, in sequence order: the oldest
-    /// pending (filter, route) in its latest state, then the next once every peer acked it.
+    /// pending (filter, route) changes in their latest state, up to `INTEREST_BATCH_MAX` in
+    /// one mesh message per peer, then the next batch once every peer acked it.
     async fn broadcast_interest(self: Rc<Self>) {
         let peers: Vec<u16> = self.peers().collect();
         loop {
-            let next = {
+            // The oldest pending changes, each in its latest state, as one batch.
+            let mut changes = Vec::new();
+            let mut waiters = Vec::new();
+            {
                 let mut pending = self.pending_interest.borrow_mut();
-                pending.order.pop_front().map(|key| {
-                    let change = pending.latest.remove(&key);
-                    (key, change)
-                })
-            };
-            let Some(((filter, route), change)) = next else {
+                while changes.len() < INTEREST_BATCH_MAX {
+                    let Some(key) = pending.order.pop_front() else {
+                        break;
+                    };
+                    let Some(change) = pending.latest.remove(&key) else {
+                        unreachable!("every key in the pending order has its latest state");
+                    };
+                    changes.push((key.0, key.1, change.present));
+                    waiters.extend(change.waiters);
+                }
+            }
+            if changes.is_empty() {
                 self.interest_wakeup.notified().await;
                 continue;
-            };
-            let Some(change) = change else {
-                unreachable!("every key in the pending order has its latest state");
-            };
-            let seq = self.interest_seq_out.get() + 1;
-            self.interest_seq_out.set(seq);
+            }
+            let first_seq = self.interest_seq_out.get() + 1;
+            self.interest_seq_out
+                .set(first_seq + changes.len() as u64 - 1);
+            let changes = Arc::new(changes);
             let (ack, acks) = flume::bounded(peers.len().max(1));
             let mut sent = 0;
             for peer in &peers {
                 let message = ShardMessage::Interest {
                     origin: self.shard_id(),
-                    seq,
-                    filter: filter.clone(),
-                    route: route.clone(),
-                    present: change.present,
+                    first_seq,
+                    changes: changes.clone(),
                     ack: ack.clone(),
                 };
                 if self.kernel.send(*peer, message).await.is_ok() {
@@ -603,7 +609,7 @@ impl<K: MqttKernel> MqttShard<K> {
                     break;
                 }
             }
-            for waiter in change.waiters {
+            for waiter in waiters {
                 let _ = waiter.try_send(());
             }
         }
@@ -1592,13 +1598,13 @@ impl<K: MqttKernel> MqttShard<K> {
         match message {
             ShardMessage::Interest {
                 origin,
-                seq,
-                filter,
-                route,
-                present,
+                first_seq,
+                changes,
                 ack,
             } => {
-                self.apply_remote_interest(origin, seq, &filter, &route, present);
+                for (seq, (filter, route, present)) in (first_seq..).zip(changes.iter()) {
+                    self.apply_remote_interest(origin, seq, filter, route, *present);
+                }
                 let _ = ack.try_send(());
             }
             ShardMessage::Deliver { deliveries, credit } => {

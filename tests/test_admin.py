@@ -133,7 +133,12 @@ def test_list_describe_delete_groups_and_their_offsets(broker):
     a = admin(broker.bootstrap)
     topic = unique_topic("grp")
     create_topic(broker.bootstrap, topic, 2)
-    produce_all(producer(broker.bootstrap), [(None, b"%d" % i) for i in range(10)], topic)
+    # Five records in each partition: keyless records would all go to one partition (sticky
+    # partitioner), and then only that partition would have a committed offset.
+    p = producer(broker.bootstrap)
+    for partition in (0, 1):
+        produce_all(p, [(None, b"%d-%d" % (partition, i)) for i in range(5)], topic,
+                    partition=partition)
     active, idle = unique_topic("active"), unique_topic("idle")
     member = make_group(broker.bootstrap, topic, active)
     make_group(broker.bootstrap, topic, idle).close()
@@ -149,7 +154,7 @@ def test_list_describe_delete_groups_and_their_offsets(broker):
 
     offsets = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(idle)])[idle]
     committed = {tp.partition: tp.offset for tp in offsets.result(timeout=20).topic_partitions}
-    assert sum(committed.values()) == 10
+    assert committed == {0: 5, 1: 5}
 
     with pytest.raises(KafkaException) as refused:
         a.delete_consumer_groups([active])[active].result(timeout=20)

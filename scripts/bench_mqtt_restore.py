@@ -20,29 +20,20 @@ import socket
 import struct
 import subprocess
 import tempfile
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+import mqtt_util  # noqa: E402  (the tests' MQTT packet builders)
+from mqtt_util import mqtt_string, packet  # noqa: E402
 
 READY_TIMEOUT_S = 120
 IO_TIMEOUT_S = 30
 
 
-def packet(first, body):
-    n, encoded = len(body), b""
-    while True:
-        byte, n = n % 128, n // 128
-        encoded += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return bytes([first]) + encoded + body
-
-
-def mqtt_string(s):
-    return struct.pack(">H", len(s)) + s.encode()
-
-
 def connect_packet(client_id, clean):
-    flags = 0x02 if clean else 0x00
-    return packet(0x10, mqtt_string("MQTT") + bytes([4, flags]) + struct.pack(">H", 600)
-                  + mqtt_string(client_id))
+    return mqtt_util.connect_packet(client_id, level=4, clean=clean, keepalive=600)
 
 
 class Conn(object):

@@ -467,10 +467,6 @@ async fn ensure_offsets_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
         }
         return make_offsets_topic_compacted(shard).await;
     }
-    let controller = shard
-        .controller
-        .as_ref()
-        .context("the controller runs on shard 0")?;
     let spec = TopicSpec {
         name: OFFSETS_TOPIC.to_string(),
         partition_count: shard.config.offsets_topic_num_partitions,
@@ -484,17 +480,32 @@ async fn ensure_offsets_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
             ),
         ],
     };
+    create_topic_at_startup(shard, spec).await.map(|_| ())
+}
+
+/// Shard 0 at startup: creates the topic `spec` describes through the controller. Returns
+/// whether it was created (false: it existed already).
+pub(crate) async fn create_topic_at_startup(
+    shard: &Rc<Shard>,
+    spec: TopicSpec,
+) -> anyhow::Result<bool> {
+    let controller = shard
+        .controller
+        .as_ref()
+        .context("the controller runs on shard 0")?;
+    let name = spec.name.clone();
     let request = ControllerRequest::CreateTopics {
         specs: vec![spec],
         validate_only: false,
     };
     match controller.handle(shard, request).await {
         ControllerReply::CreateTopics(results) => match results.into_iter().next() {
-            Some(Ok(_)) | Some(Err(KernelError::TopicAlreadyExists)) => Ok(()),
-            Some(Err(e)) => bail!("cannot create {OFFSETS_TOPIC}: {e}"),
-            None => bail!("cannot create {OFFSETS_TOPIC}: no answer"),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(KernelError::TopicAlreadyExists)) => Ok(false),
+            Some(Err(e)) => bail!("cannot create {name}: {e}"),
+            None => bail!("cannot create {name}: no answer"),
         },
-        _ => bail!("cannot create {OFFSETS_TOPIC}: unexpected controller answer"),
+        _ => bail!("cannot create {name}: unexpected controller answer"),
     }
 }
 

@@ -264,9 +264,9 @@ impl FileLog {
         sync_directory(&self.dir)?;
         {
             let mut state = self.state.borrow_mut();
-            let segment = state
-                .segment_mut(base_offset)
-                .expect("segment outlives its writes");
+            let segment = state.segment_mut(base_offset).ok_or_else(|| {
+                StorageError::Corrupt(format!("segment {base_offset} vanished under its writer"))
+            })?;
             assert!(!segment.has_files());
             segment.files = Some(files.clone());
         }

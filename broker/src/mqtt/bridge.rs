@@ -30,8 +30,8 @@ use rmq_protocols::mqtt::message::Message;
 use tracing::{debug, info, warn};
 
 use crate::constants::{BRIDGE_ERROR_BACKOFF_MS, BRIDGE_READ_MAX_BYTES, BRIDGE_WAIT_TIMEOUT_MS};
-use crate::controller::{ControllerReply, ControllerRequest};
 use crate::kernel::ShardKernel;
+use crate::node::create_topic_at_startup;
 use crate::shard::Shard;
 
 /// Poll interval while a shard waits for shard 0 to create the bridged topics.
@@ -41,10 +41,6 @@ const TOPIC_WAIT_TIMEOUT_MS: u64 = 60_000;
 
 /// Shard 0: creates every rule's Kafka topic that does not exist yet.
 pub async fn ensure_topics(shard: &Rc<Shard>) -> anyhow::Result<()> {
-    let controller = shard
-        .controller
-        .as_ref()
-        .context("the controller runs on shard 0")?;
     for rule in shard.config.mqtt.bridge.rules() {
         if shard.metadata().topics.contains_key(&rule.topic) {
             continue;
@@ -55,26 +51,13 @@ pub async fn ensure_topics(shard: &Rc<Shard>) -> anyhow::Result<()> {
             replication_factor: -1,
             configs: Vec::new(),
         };
-        let request = ControllerRequest::CreateTopics {
-            specs: vec![spec],
-            validate_only: false,
-        };
-        match controller.handle(shard, request).await {
-            ControllerReply::CreateTopics(results) => match results.into_iter().next() {
-                Some(Ok(_)) => info!(
-                    topic = %rule.topic,
-                    partitions = rule.partitions,
-                    filter = %rule.filter,
-                    "bridge: created Kafka topic"
-                ),
-                Some(Err(KernelError::TopicAlreadyExists)) => {}
-                Some(Err(e)) => bail!("cannot create bridge topic {}: {e}", rule.topic),
-                None => bail!("cannot create bridge topic {}: no answer", rule.topic),
-            },
-            _ => bail!(
-                "cannot create bridge topic {}: unexpected controller answer",
-                rule.topic
-            ),
+        if create_topic_at_startup(shard, spec).await? {
+            info!(
+                topic = %rule.topic,
+                partitions = rule.partitions,
+                filter = %rule.filter,
+                "bridge: created Kafka topic"
+            );
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use rmq_protocols::kafka::record_batch::{encode_plain_batch, PlainRecord};
@@ -25,8 +25,8 @@ use rmq_protocols::mqtt::persist::{latest_per_key, StateRecord, STATE_TOPIC};
 use rmq_storage::validate_stored_batches;
 use tracing::{info, warn};
 
-use crate::controller::{ControllerReply, ControllerRequest};
 use crate::kernel::ShardKernel;
+use crate::node::create_topic_at_startup;
 use crate::shard::{now_ms, Shard};
 
 /// `max.message.bytes` of `__mqtt_state`: room for the largest session image
@@ -60,10 +60,6 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
     if shard.metadata().topics.contains_key(STATE_TOPIC) {
         return Ok(());
     }
-    let controller = shard
-        .controller
-        .as_ref()
-        .context("the controller runs on shard 0")?;
     let spec = TopicSpec {
         name: STATE_TOPIC.to_string(),
         partition_count: 1,
@@ -81,18 +77,7 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> anyhow::Result<()> {
             ),
         ],
     };
-    let request = ControllerRequest::CreateTopics {
-        specs: vec![spec],
-        validate_only: false,
-    };
-    match controller.handle(shard, request).await {
-        ControllerReply::CreateTopics(results) => match results.into_iter().next() {
-            Some(Ok(_)) | Some(Err(KernelError::TopicAlreadyExists)) => Ok(()),
-            Some(Err(e)) => bail!("cannot create {STATE_TOPIC}: {e}"),
-            None => bail!("cannot create {STATE_TOPIC}: no answer"),
-        },
-        _ => bail!("cannot create {STATE_TOPIC}: unexpected controller answer"),
-    }
+    create_topic_at_startup(shard, spec).await.map(|_| ())
 }
 
 /// Appends state records to `__mqtt_state` in order, in batches of at most

@@ -1002,12 +1002,7 @@ impl<K: MqttKernel> MqttShard<K> {
                 });
                 match moved {
                     Some((to, sub)) => {
-                        let outgoing = Outgoing {
-                            message: message.clone(),
-                            qos: sub.qos.min(message.qos),
-                            retain: sub.retain_as_published && message.retain,
-                            subscription_ids: sub.subscription_id.into_iter().collect(),
-                        };
+                        let outgoing = outgoing_for(message, &sub);
                         self.forward(&mut state, to, &target.client, outgoing);
                     }
                     None => debug!(client = %target.client, "shared subscription member gone"),
@@ -1021,12 +1016,7 @@ impl<K: MqttKernel> MqttShard<K> {
             if !self.may_receive(&target.client, entry, &message.topic) {
                 continue;
             }
-            let outgoing = Outgoing {
-                message: message.clone(),
-                qos: subscription.qos.min(message.qos),
-                retain: subscription.retain_as_published && message.retain,
-                subscription_ids: subscription.subscription_id.into_iter().collect(),
-            };
+            let outgoing = outgoing_for(message, subscription);
             if deliver_to_entry(entry, outgoing, now) == DeliverOutcome::Sent {
                 bump(&self.stats.messages_sent, 1);
             }
@@ -1046,15 +1036,7 @@ impl<K: MqttKernel> MqttShard<K> {
             if sub.no_local && message.publisher.as_deref() == Some(&**client) {
                 return;
             }
-            targets.push((
-                client.clone(),
-                Outgoing {
-                    message: message.clone(),
-                    qos: sub.qos.min(message.qos),
-                    retain: sub.retain_as_published && message.retain,
-                    subscription_ids: sub.subscription_id.into_iter().collect(),
-                },
-            ));
+            targets.push((client.clone(), outgoing_for(message, sub)));
         });
         if targets.len() > 1 {
             targets.sort_by(|a, b| Rc::as_ptr(&a.0).cast::<u8>().cmp(&Rc::as_ptr(&b.0).cast()));
@@ -1910,7 +1892,7 @@ impl<K: MqttKernel> MqttShard<K> {
     }
 
     /// Marks the keys of records that could not be written, for the next write.
-    fn restore_state_changes(&self, records: &[StateRecord]) {
+    fn mark_unwritten(&self, records: &[StateRecord]) {
         let mut state = self.state.borrow_mut();
         for record in records {
             match persist::parse_key(&record.key) {
@@ -1952,7 +1934,7 @@ impl<K: MqttKernel> MqttShard<K> {
                 Ok(count)
             }
             Err(e) => {
-                self.restore_state_changes(&records);
+                self.mark_unwritten(&records);
                 Err(e)
             }
         }
@@ -2135,6 +2117,17 @@ fn apply_interest(state: &mut State, origin: u16, filter: &str, route: &Route, p
                 state.shared.remove(filter, group);
             }
         }
+    }
+}
+
+/// `message` as one subscription of a session receives it: at the lower of the two QoS, with
+/// the retain flag only for retain-as-published, and the subscription's identifier.
+fn outgoing_for(message: &SharedMessage, sub: &Subscription) -> Outgoing {
+    Outgoing {
+        message: message.clone(),
+        qos: sub.qos.min(message.qos),
+        retain: sub.retain_as_published && message.retain,
+        subscription_ids: sub.subscription_id.into_iter().collect(),
     }
 }
 

@@ -676,8 +676,9 @@ fn replication_factor(spec: &TopicSpec) -> i16 {
 /// Gives every partition of `meta` without replicas `factor` replicas on distinct registered
 /// brokers: the brokers holding the fewest replicas (of every topic) first, ties by node id;
 /// within a partition the node leading the fewest partitions goes first (the preferred
-/// leader). Replicated partitions live on shard 0 of each replica (the shard that runs the
-/// node's RPC server), and `partition_nodes` records the preferred leader.
+/// leader). A partition keeps the shard `place_partitions` chose (the least-loaded on the node
+/// handling the request; the same shard index on every replica, wrapped by each node's core
+/// count), and `partition_nodes` records the preferred leader.
 fn place_replicas(metadata: &ClusterMetadata, meta: &mut TopicMeta, factor: u16) {
     let mut replica_loads: BTreeMap<i32, usize> =
         metadata.brokers.keys().map(|node| (*node, 0)).collect();
@@ -722,9 +723,6 @@ fn place_replicas(metadata: &ClusterMetadata, meta: &mut TopicMeta, factor: u16)
         }
         let partition = meta.partition_replicas.len();
         let preferred = chosen.first().copied().unwrap_or(0);
-        if let Some(shard) = meta.partition_shards.get_mut(partition) {
-            *shard = 0;
-        }
         if meta.partition_nodes.len() <= partition {
             meta.partition_nodes.resize(partition + 1, preferred);
         }
@@ -852,11 +850,7 @@ mod tests {
             vec![3; 4]
         );
         assert_eq!(leaders.len(), 4);
-        assert_eq!(
-            meta.partition_shards,
-            vec![0; 4],
-            "replicated partitions live on shard 0"
-        );
+        assert_eq!(meta.partition_shards, vec![2, 1, 0, 1], "shards are kept");
         let preferred: Vec<i32> = meta.partition_replicas.iter().map(|r| r[0]).collect();
         assert_eq!(meta.partition_nodes, preferred);
     }

@@ -3,10 +3,12 @@
 //! Shard 0 first checks that no other process holds the port (`ensure_port_free`).
 
 use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
 use rmq_protocols::kafka::{serve_connection, ConnectionStats};
 use tracing::{debug, warn};
 
@@ -17,13 +19,31 @@ use crate::shard::Shard;
 /// Pause after a failed accept (e.g. EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
 
+/// Pending connections a listener queues before accept: 1,024 (what glommio uses).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds one shard's listener: SO_REUSEPORT so every shard binds the port, and SO_REUSEADDR
+/// (glommio's own `bind` sets only the first) so that a restarted node can bind while the
+/// connections its previous process left behind (TIME_WAIT, FIN_WAIT after a kill -9) still
+/// hold the port; accepted sockets inherit both.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(std::io::Error::from)
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: `into_raw_fd` hands over a bound, listening socket that nothing else owns.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Fails with "address in use" when another socket holds `addr`, even one bound with
+/// Fails with "address in use" when another socket listens on `addr`, even one bound with
 /// SO_REUSEPORT (another rmq-node would otherwise share the port and take half of its
-/// connections). Shard 0 calls it before the shards bind their SO_REUSEPORT listeners; port 0
+/// connections); leftover connections of a previous process do not count (SO_REUSEADDR on
+/// both sides). Shard 0 calls it before the shards bind their SO_REUSEPORT listeners; port 0
 /// needs no check.
 pub fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
     if addr.port() != 0 {

@@ -30,7 +30,8 @@ use crate::metadata::{self, ClusterMetadata};
 use crate::metrics::ShardMetrics;
 use crate::mqtt;
 use crate::shard::{now_ms, spawn_mesh_receivers, Shard, ShardId, ShardOp};
-use rmq_raft::rpc::LinkFilter;
+use crate::cluster::replica::ReplicaManager;
+use rmq_raft::rpc::{LinkFilter, RaftGroups, RpcClient};
 
 /// How long the node waits for every shard to recover its logs and bind its listeners.
 const STARTUP_TIMEOUT_S: u64 = 600;
@@ -375,6 +376,25 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
             controller.set_cluster(node.clone());
             Some(node)
         }
+        // The other shards of a cluster node host the replicated partitions placed on them,
+        // each with its own RPC client; the RPC server on shard 0 hands them their requests.
+        (Some(view), None) => {
+            let replicas = Rc::new(ReplicaManager::new(
+                start.config.node_id,
+                RpcClient::new(
+                    u64::try_from(start.config.node_id).unwrap_or(0),
+                    view.link_filter.clone(),
+                ),
+                Rc::new(RaftGroups::default()),
+                view.clone(),
+                view.election_timeout_ms,
+            )?);
+            *shard.replicas.borrow_mut() = Some(replicas.clone());
+            replicas.start_new(&shard, &shard.metadata()).await;
+            glommio::spawn_local(replicas.clone().balance_leaders()).detach();
+            glommio::spawn_local(replicas.gossip_leaders(shard.clone())).detach();
+            None
+        }
         _ => None,
     };
     let _ = start.ready.send(Ok((id.0, bound)));
@@ -394,6 +414,10 @@ async fn run_shard(start: ShardStart) -> anyhow::Result<()> {
     drain(&shard).await;
     if let Some(cluster) = cluster {
         cluster.shutdown().await;
+    }
+    let replicas = shard.replicas.borrow_mut().take();
+    if let Some(replicas) = replicas {
+        replicas.shutdown().await;
     }
     shard.logs.close_all().await.context("closing logs")?;
     info!(shard = id.0, "shard stopped");

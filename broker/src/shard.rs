@@ -26,6 +26,7 @@ use rmq_protocols::kernel::{
 use rmq_storage::{
     AppendOutcome, BatchError, BatchHeader, LogManager, Offset, PartitionLog, StorageError,
 };
+use rmq_raft::rpc::{FaultCode, RpcFault, RpcRequest, RpcResponse};
 use tracing::{error, warn};
 
 use crate::budget::RequestBudget;
@@ -85,6 +86,13 @@ pub enum ShardOp {
     Controller {
         request: ControllerRequest,
         reply: flume::Sender<ControllerReply>,
+    },
+    /// A Raft RPC for a partition group this shard hosts (the node's RPC server runs on
+    /// shard 0 and hands requests for other shards' groups over the mesh).
+    Raft {
+        group_id: u64,
+        request: RpcRequest,
+        reply: flume::Sender<Result<RpcResponse, RpcFault>>,
     },
     /// For the group coordinator of this shard (it carries its own reply channel).
     Group(GroupRequest),
@@ -708,6 +716,26 @@ fn handle_op(shard: &Rc<Shard>, op: ShardOp) {
             .detach();
         }
         ShardOp::Mqtt(op) => crate::mqtt::handle_op(shard, op),
+        ShardOp::Raft {
+            group_id,
+            request,
+            reply,
+        } => {
+            let served = shard.replicas.borrow().as_ref().map(|replicas| {
+                replicas.dispatch(group_id, request)
+            });
+            glommio::spawn_local(async move {
+                let answer = match served {
+                    Some(served) => served.await,
+                    None => Err(RpcFault::new(
+                        FaultCode::UnknownGroup,
+                        format!("no Raft group {group_id} on this shard"),
+                    )),
+                };
+                let _ = reply.send_async(answer).await;
+            })
+            .detach();
+        }
         ShardOp::Group(request) => {
             let shard = shard.clone();
             glommio::spawn_local(async move {

@@ -58,7 +58,7 @@ use crate::constants::{
     LEADER_GOSSIP_GROUP_ID, LEADER_GOSSIP_TTL_MS,
 };
 use crate::metadata::{BrokerMeta, ClusterMetadata, TopicMeta};
-use crate::shard::{now_ms, Shard};
+use crate::shard::{now_ms, Shard, ShardId, ShardOp};
 use replica::{ReplicaManager, ReplicaStatus};
 use state_machine::{
     command_batch, decode_command, encode_command, ControllerCommand, ControllerShared,
@@ -204,6 +204,56 @@ struct ControllerDispatcher {
     /// The partition groups hosted on this shard (`replica`).
     partitions: Rc<RaftGroups<DigestStateMachine>>,
     node: RefCell<Weak<ClusterNode>>,
+    /// Shard 0, to hand other shards' partition groups their requests over the mesh.
+    shard: Weak<Shard>,
+}
+
+impl ControllerDispatcher {
+    /// A request for a partition group: served here if shard 0 hosts it, else sent to the
+    /// shard that does.
+    fn dispatch_partition(
+        &self,
+        group_id: u64,
+        request: RpcRequest,
+    ) -> BoxedLocal<Result<RpcResponse, RpcFault>> {
+        if self.partitions.get(group_id).is_some() {
+            return self.partitions.dispatch(group_id, request);
+        }
+        let owner = self
+            .node
+            .borrow()
+            .upgrade()
+            .and_then(|node| node.replicas.shard_of_group(group_id));
+        let shard = self.shard.upgrade();
+        Box::pin(async move {
+            let unknown = || {
+                RpcFault::new(
+                    FaultCode::UnknownGroup,
+                    format!("no Raft group {group_id} here"),
+                )
+            };
+            let (Some(owner), Some(shard)) = (owner, shard) else {
+                return Err(unknown());
+            };
+            if owner == shard.id.0 {
+                return Err(unknown());
+            }
+            let (reply, answer) = flume::bounded(1);
+            let op = ShardOp::Raft {
+                group_id,
+                request,
+                reply,
+            };
+            shard
+                .send(ShardId(owner), op)
+                .await
+                .map_err(|e| RpcFault::new(FaultCode::UnknownGroup, e.to_string()))?;
+            answer
+                .recv_async()
+                .await
+                .map_err(|_| RpcFault::new(FaultCode::UnknownGroup, "the shard stopped"))?
+        })
+    }
 }
 
 impl Dispatcher for ControllerDispatcher {
@@ -240,7 +290,7 @@ impl Dispatcher for ControllerDispatcher {
                 })
             }
             other if group_id == CONTROLLER_GROUP_ID => self.groups.dispatch(group_id, other),
-            other => self.partitions.dispatch(group_id, other),
+            other => self.dispatch_partition(group_id, other),
         }
     }
 }
@@ -333,6 +383,7 @@ impl ClusterNode {
             groups: RaftGroups::default(),
             partitions: partitions.clone(),
             node: RefCell::new(Weak::new()),
+            shard: Rc::downgrade(shard),
         });
         let server = RpcServer::bind(
             &config.rpc_addr,

@@ -1,6 +1,8 @@
 //! Replicated partitions: every partition of a topic with replication factor > 1 is a Raft
-//! group over its replicas (`TopicMeta::partition_replicas`), hosted on shard 0 of each
-//! replica node (the shard that runs the node's RPC server). The Raft log IS the partition log
+//! group over its replicas (`TopicMeta::partition_replicas`), hosted on the partition's shard
+//! of each replica node; every shard of a cluster node has a `ReplicaManager` with its own RPC
+//! client (connections per peer node and shard), and the node's RPC server on shard 0 hands
+//! requests for other shards' groups over the mesh (`ShardOp::Raft`). The Raft log IS the partition log
 //! (`rmq_raft::PartitionLogStore`): entries are the producers' record batches, the term goes in
 //! `partitionLeaderEpoch`, and readers see committed entries only (the log's commit limit is
 //! the high watermark).
@@ -21,9 +23,10 @@
 //!   the others which partitions it leads (`gossip_leaders`), so a node hosting no replica of a
 //!   partition still names its leader.
 //!
-//! Concurrency contract: `ReplicaManager` and `Replica` are `!Send` and live on shard 0;
-//! `RefCell` borrows never span an await. Other shards reach a replica through the mesh (the
-//! partition's owning shard is 0). `ReplicaStatus` values cross threads inside `ClusterView`.
+//! Concurrency contract: `ReplicaManager` and `Replica` are `!Send` and live on their shard;
+//! `RefCell` borrows never span an await. Other shards reach a replica through the mesh (Kafka
+//! requests are routed to the partition's shard as for any partition). `ReplicaStatus` values
+//! cross threads inside `ClusterView`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -37,7 +40,8 @@ use openraft::error::ClientWriteError;
 use openraft::rt::WatchReceiver;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use rmq_protocols::kernel::{Acks, AppendedRange, KernelError, TopicPartition};
-use rmq_raft::rpc::{RaftGroups, RpcClient};
+use futures_lite::future::BoxedLocal;
+use rmq_raft::rpc::{Dispatcher, RaftGroups, RpcClient, RpcFault, RpcRequest, RpcResponse};
 use rmq_raft::{DigestStateMachine, PartitionLogStore, PartitionRaft, RecordBatch};
 use rmq_storage::{BatchHeader, Offset, PartitionLog};
 use tracing::{info, warn};
@@ -130,6 +134,8 @@ pub struct ReplicaManager {
     client: RpcClient,
     groups: Rc<RaftGroups<DigestStateMachine>>,
     replicas: RefCell<BTreeMap<TopicPartition, Rc<Replica>>>,
+    /// Every partition group this node hosts, with its shard (for the RPC server on shard 0).
+    group_shards: RefCell<HashMap<u64, u16>>,
     view: Arc<ClusterView>,
     raft_config: Arc<Config>,
     election_timeout_ms: u64,
@@ -176,6 +182,7 @@ impl ReplicaManager {
             client,
             groups,
             replicas: RefCell::new(BTreeMap::new()),
+            group_shards: RefCell::new(HashMap::new()),
             view,
             raft_config: partition_raft_config(election_timeout_ms)?,
             election_timeout_ms,
@@ -184,6 +191,21 @@ impl ReplicaManager {
 
     pub fn get(&self, partition: &TopicPartition) -> Option<Rc<Replica>> {
         self.replicas.borrow().get(partition).cloned()
+    }
+
+    /// Serves a Raft RPC for one of this shard's groups.
+    pub fn dispatch(
+        &self,
+        group_id: u64,
+        request: RpcRequest,
+    ) -> BoxedLocal<Result<RpcResponse, RpcFault>> {
+        self.groups.dispatch(group_id, request)
+    }
+
+    /// The shard of this node hosting partition group `group_id`, per the metadata last
+    /// applied (`start_new`).
+    pub fn shard_of_group(&self, group_id: u64) -> Option<u16> {
+        self.group_shards.borrow().get(&group_id).copied()
     }
 
     /// Stops the groups `metadata` no longer names here (deleted or recreated topics, moved
@@ -211,15 +233,25 @@ impl ReplicaManager {
             .is_some_and(|replicas| replicas.contains(&self.node_id))
     }
 
-    /// Starts a group for every local replica `metadata` names that is not running yet. The
-    /// partition logs are open (the shard opened them from the same metadata).
+    /// Starts a group for every replica `metadata` places on this shard that is not running
+    /// yet. The partition logs are open (the shard opened them from the same metadata).
     pub async fn start_new(&self, shard: &Shard, metadata: &ClusterMetadata) {
+        let mut group_shards = HashMap::new();
         for (name, topic) in &metadata.topics {
             for (index, replicas) in topic.partition_replicas.iter().enumerate() {
                 let Ok(partition) = i32::try_from(index) else {
                     break;
                 };
                 if !replicas.contains(&self.node_id) {
+                    continue;
+                }
+                let Some(owner) =
+                    metadata.shard_of(name, partition, self.node_id, shard.shard_count)
+                else {
+                    continue;
+                };
+                group_shards.insert(group_id(&topic.id, partition), owner);
+                if owner != shard.id.0 {
                     continue;
                 }
                 let key = TopicPartition {
@@ -242,6 +274,7 @@ impl ReplicaManager {
                 }
             }
         }
+        *self.group_shards.borrow_mut() = group_shards;
     }
 
     async fn start(

@@ -1,19 +1,22 @@
 //! The admin HTTP endpoint (`--admin-addr`, default 0.0.0.0:9644): `/metrics` (Prometheus
 //! text), `/v1/health`, `/v1/topics`, `/v1/groups`, `/v1/cluster` (nodes, the controller
-//! leader and, on the leader, each node's replication lag in the controller group).
+//! leader and, on the leader, each node's replication lag in the controller group; the
+//! replicated partitions hosted here), and with `--fault-injection` the `/v1/debug/rpc/*`
+//! link cutters for partition tests.
 //!
 //! Concurrency contract: it runs on its own OS thread (the control plane need not be
 //! thread-per-core) and never touches shard state: metrics are read from the shards' atomics,
 //! and topics and groups are asked of the node itself over its Kafka listener, like any
 //! client. The data path pays nothing for it but relaxed atomic adds.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use kafka_protocol::messages::{ApiKey, ListGroupsRequest};
 use serde_json::json;
-use tiny_http::{Header, Response, Server};
+use tiny_http::{Header, Method, Response, Server};
 use tracing::{info, warn};
 
 use crate::cli::client::{check, Client};
@@ -23,6 +26,8 @@ use crate::metrics::{self, ShardMetrics};
 
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4";
 const CONTENT_TYPE_JSON: &str = "application/json";
+/// A debug request body is a few ids: 64 KiB is plenty.
+const DEBUG_BODY_BYTES_MAX: u64 = 64 * 1024;
 
 /// Binds `addr` and serves it on a new thread; returns the bound address.
 pub fn start(
@@ -44,9 +49,29 @@ pub fn start(
     std::thread::Builder::new()
         .name("rmq-admin-http".to_string())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, content_type, body) =
-                    route(request.url(), kafka, &shards, cluster.as_deref());
+            for mut request in server.incoming_requests() {
+                let (status, content_type, body) = if request.url().starts_with("/v1/debug/") {
+                    let mut body = String::new();
+                    let read = request
+                        .as_reader()
+                        .take(DEBUG_BODY_BYTES_MAX)
+                        .read_to_string(&mut body);
+                    match read {
+                        Ok(_) => debug_route(
+                            request.method() == &Method::Post,
+                            request.url(),
+                            &body,
+                            cluster.as_deref(),
+                        ),
+                        Err(e) => (
+                            400,
+                            CONTENT_TYPE_JSON,
+                            json!({"error": format!("cannot read the body: {e}")}).to_string(),
+                        ),
+                    }
+                } else {
+                    route(request.url(), kafka, &shards, cluster.as_deref())
+                };
                 let mut response = Response::from_string(body).with_status_code(status);
                 if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
                     response = response.with_header(header);
@@ -59,6 +84,70 @@ pub fn start(
         .context("cannot start the admin http thread")?;
     info!(%bound, "admin http listening");
     Ok(bound)
+}
+
+/// Fault injection (`--fault-injection` only; 404 otherwise):
+/// `POST /v1/debug/rpc/isolate` with `{"peers": [ids]}` cuts this node's RPC links to those
+/// nodes, `POST /v1/debug/rpc/heal` heals every link.
+fn debug_route(
+    post: bool,
+    url: &str,
+    body: &str,
+    cluster: Option<&ClusterView>,
+) -> (u16, &'static str, String) {
+    let Some((view, filter)) =
+        cluster.and_then(|view| view.link_filter.as_ref().map(|f| (view, f)))
+    else {
+        return (
+            404,
+            CONTENT_TYPE_JSON,
+            json!({"error": "not found"}).to_string(),
+        );
+    };
+    if !post {
+        return (
+            405,
+            CONTENT_TYPE_JSON,
+            json!({"error": "POST only"}).to_string(),
+        );
+    }
+    let node = u64::try_from(view.node_id).unwrap_or(0);
+    match url.split('?').next().unwrap_or("") {
+        "/v1/debug/rpc/isolate" => {
+            let peers: Result<Vec<u64>, String> = serde_json::from_str::<serde_json::Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|value| {
+                    serde_json::from_value(value["peers"].clone()).map_err(|e| e.to_string())
+                });
+            match peers {
+                Ok(peers) => {
+                    filter.isolate(node, &peers);
+                    warn!(?peers, "fault injection: RPC links to these nodes are cut");
+                    (
+                        200,
+                        CONTENT_TYPE_JSON,
+                        json!({"isolated_from": peers}).to_string(),
+                    )
+                }
+                Err(e) => (
+                    400,
+                    CONTENT_TYPE_JSON,
+                    json!({"error": format!("expected {{\"peers\": [node ids]}}: {e}")})
+                        .to_string(),
+                ),
+            }
+        }
+        "/v1/debug/rpc/heal" => {
+            filter.heal_all();
+            warn!("fault injection: every RPC link healed");
+            (200, CONTENT_TYPE_JSON, json!({"healed": true}).to_string())
+        }
+        _ => (
+            404,
+            CONTENT_TYPE_JSON,
+            json!({"error": "not found"}).to_string(),
+        ),
+    }
 }
 
 fn api_name(key: i16) -> String {

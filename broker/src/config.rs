@@ -20,7 +20,8 @@ use serde::Deserialize;
 use crate::constants::{
     DEFAULT_ADMIN_ADDR, DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS, DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
     DEFAULT_OFFSETS_TOPIC_PARTITIONS, DEFAULT_RPC_ADDR, DEFAULT_SOCKET_REQUEST_MAX_BYTES,
-    LOG_CLEANER_INTERVAL_MS_DEFAULT, LOG_CLEANER_INTERVAL_MS_MIN, REQUEST_MEMORY_PER_SHARD_BYTES,
+    LOG_CLEANER_INTERVAL_MS_DEFAULT, LOG_CLEANER_INTERVAL_MS_MIN, RAFT_ELECTION_TIMEOUT_MS_DEFAULT,
+    RAFT_ELECTION_TIMEOUT_MS_MAX, RAFT_ELECTION_TIMEOUT_MS_MIN, REQUEST_MEMORY_PER_SHARD_BYTES,
     SEEDS_MAX,
 };
 use crate::group::state::GroupConfig;
@@ -67,6 +68,16 @@ pub struct Cli {
     /// Without --seeds the node runs alone, as a single-node cluster.
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     pub seeds: Option<String>,
+    /// Election timeout of the partitions' Raft groups (replicated topics), in ms: a follower
+    /// that hears no leader for this long (up to twice it, randomized) starts an election;
+    /// heartbeats go every fifth of it. Default: 1000
+    #[arg(long, value_name = "MS")]
+    pub raft_election_timeout_ms: Option<u64>,
+    /// Test hook: admin HTTP POST /v1/debug/rpc/isolate {"peers": [ids]} cuts this node's
+    /// RPC links to those nodes (frames dropped, as on a network partition), POST
+    /// /v1/debug/rpc/heal restores them. Off by default (the endpoints answer 404).
+    #[arg(long)]
+    pub fault_injection: bool,
     /// TOML file with the same keys as these flags (snake_case) plus broker settings such as
     /// auto_create_topics_enable, num_partitions, socket_request_max_bytes, an [mqtt] table
     /// (max_keep_alive_s, max_queued_messages, state_flush_interval_ms, allow_anonymous,
@@ -94,6 +105,7 @@ pub struct FileConfig {
     pub node_id: Option<i32>,
     pub rpc_addr: Option<String>,
     pub seeds: Option<String>,
+    pub raft_election_timeout_ms: Option<u64>,
     pub log_level: Option<String>,
     pub auto_create_topics_enable: Option<bool>,
     pub num_partitions: Option<i32>,
@@ -184,8 +196,13 @@ pub struct NodeConfig {
     pub node_id: i32,
     /// The internal RPC listener ("HOST:PORT" as given; bound only in a cluster).
     pub rpc_addr: String,
-    /// The seed nodes, sorted by id; empty: this node runs alone.
+    /// The seed nodes, sorted by id; empty: this node runs alone. A node that is not among
+    /// them joins the cluster through them.
     pub seeds: Vec<Seed>,
+    /// Partition Raft groups' election timeout (`--raft-election-timeout-ms`).
+    pub raft_election_timeout_ms: u64,
+    /// `--fault-injection`: the admin HTTP may cut RPC links (tests).
+    pub fault_injection: bool,
     pub log_level: String,
     pub auto_create_topics_enable: bool,
     pub num_partitions: i32,
@@ -290,9 +307,21 @@ impl NodeConfig {
             .unwrap_or_else(|| DEFAULT_RPC_ADDR.to_string());
         resolve(&rpc_addr).context("--rpc-addr")?;
         let seeds = match cli.seeds.or(file.seeds) {
-            Some(text) => parse_seeds(&text, node_id).context("--seeds")?,
+            Some(text) => parse_seeds(&text).context("--seeds")?,
             None => Vec::new(),
         };
+        let raft_election_timeout_ms = cli
+            .raft_election_timeout_ms
+            .or(file.raft_election_timeout_ms)
+            .unwrap_or(RAFT_ELECTION_TIMEOUT_MS_DEFAULT);
+        if !(RAFT_ELECTION_TIMEOUT_MS_MIN..=RAFT_ELECTION_TIMEOUT_MS_MAX)
+            .contains(&raft_election_timeout_ms)
+        {
+            bail!(
+                "--raft-election-timeout-ms must be between {RAFT_ELECTION_TIMEOUT_MS_MIN} and \
+                 {RAFT_ELECTION_TIMEOUT_MS_MAX}, got {raft_election_timeout_ms}"
+            );
+        }
         if !seeds.is_empty() && !mqtt.bridge.rules().is_empty() {
             bail!(
                 "MQTT <-> Kafka bridge rules are not supported in a cluster (--seeds) yet: the \
@@ -313,6 +342,8 @@ impl NodeConfig {
             node_id,
             rpc_addr,
             seeds,
+            raft_election_timeout_ms,
+            fault_injection: cli.fault_injection,
             log_level: cli
                 .log_level
                 .or(file.log_level)
@@ -401,8 +432,8 @@ fn bridge_rules(file: BridgeFileConfig, default_partitions: usize) -> anyhow::Re
 
 /// Parses `ID@HOST:PORT,...` into seeds sorted by id. Ids must be unique and 0 or more, each
 /// address a resolvable HOST:PORT with a non-zero port (other nodes dial it), addresses
-/// unique, and `node_id` one of the seeds (only seed nodes can run in a cluster so far).
-pub fn parse_seeds(text: &str, node_id: i32) -> anyhow::Result<Vec<Seed>> {
+/// unique. A node whose `node_id` is not among them joins through them.
+pub fn parse_seeds(text: &str) -> anyhow::Result<Vec<Seed>> {
     let mut seeds: Vec<Seed> = Vec::new();
     for entry in text.split(',').map(str::trim) {
         if entry.is_empty() {
@@ -435,12 +466,6 @@ pub fn parse_seeds(text: &str, node_id: i32) -> anyhow::Result<Vec<Seed>> {
     }
     if seeds.len() > SEEDS_MAX {
         bail!("at most {SEEDS_MAX} seeds, got {}", seeds.len());
-    }
-    if !seeds.iter().any(|seed| seed.node_id == node_id) {
-        bail!(
-            "this node (--node-id {node_id}) is not one of the seeds; only seed nodes can run in \
-             a cluster so far (joining through a seed is not supported yet)"
-        );
     }
     seeds.sort_by_key(|seed| seed.node_id);
     Ok(seeds)
@@ -490,31 +515,25 @@ mod tests {
 
     #[test]
     fn seeds_are_parsed_sorted_and_checked() {
-        let seeds = parse_seeds("2@127.0.0.1:7002, 1@127.0.0.1:7001,3@localhost:7003", 2)
+        let seeds = parse_seeds("2@127.0.0.1:7002, 1@127.0.0.1:7001,3@localhost:7003")
             .expect("valid seeds");
         let ids: Vec<i32> = seeds.iter().map(|seed| seed.node_id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         assert_eq!(seeds[0].rpc_addr, "127.0.0.1:7001");
-        for (bad, node_id, why) in [
+        for (bad, why) in [
             (
                 "1@127.0.0.1:7001,1@127.0.0.1:7002",
-                1,
                 "node id 1 appears twice",
             ),
-            ("1@127.0.0.1:7001,2@127.0.0.1:7001", 1, "appears twice"),
-            (
-                "1@127.0.0.1:7001,2@127.0.0.1:7002",
-                3,
-                "is not one of the seeds",
-            ),
-            ("127.0.0.1:7001", 0, "is not ID@HOST:PORT"),
-            ("x@127.0.0.1:7001", 0, "must be a number"),
-            ("-1@127.0.0.1:7001", 0, "must be a number"),
-            ("1@127.0.0.1:0", 1, "fixed port"),
-            ("1@127.0.0.1", 1, "not HOST:PORT"),
-            ("1@127.0.0.1:7001,", 1, "empty entry"),
+            ("1@127.0.0.1:7001,2@127.0.0.1:7001", "appears twice"),
+            ("127.0.0.1:7001", "is not ID@HOST:PORT"),
+            ("x@127.0.0.1:7001", "must be a number"),
+            ("-1@127.0.0.1:7001", "must be a number"),
+            ("1@127.0.0.1:0", "fixed port"),
+            ("1@127.0.0.1", "not HOST:PORT"),
+            ("1@127.0.0.1:7001,", "empty entry"),
         ] {
-            let error = parse_seeds(bad, node_id).expect_err(bad);
+            let error = parse_seeds(bad).expect_err(bad);
             assert!(format!("{error:#}").contains(why), "{bad}: {error:#}");
         }
     }

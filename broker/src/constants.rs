@@ -128,7 +128,7 @@ pub const SEEDS_MAX: usize = 7;
 /// thousand), so ids stay unique without a controller round trip.
 pub const PRODUCER_ID_NODE_SHIFT: u32 = 40;
 
-/// Raft group id of the controller group (partition groups will use other ids).
+/// Raft group id of the controller group (partition groups hash to ids with the top bit set).
 pub const CONTROLLER_GROUP_ID: u64 = 0;
 
 /// Controller group heartbeat: 150 ms; a follower that hears nothing for an election timeout
@@ -162,3 +162,19 @@ pub const BROKER_REGISTER_RETRY_MS: u64 = 500;
 /// Largest controller command accepted from the network or the log: 16 MiB (a topic with the
 /// maximum partition count and its configs is far smaller).
 pub const CONTROLLER_COMMAND_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Partition Raft groups' election timeout (`--raft-election-timeout-ms`): 1 s by default,
+/// as Redpanda's 1.5 s it leaves room for a busy shard answering heartbeats late; bounded so
+/// heartbeats (a fifth of it) stay at 10 ms or more and failover below a minute.
+pub const RAFT_ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+pub const RAFT_ELECTION_TIMEOUT_MS_MIN: u64 = 50;
+pub const RAFT_ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// A produce to a replicated partition without a request timeout (0) waits this long for the
+/// quorum commit: 30 s, librdkafka's default request timeout.
+pub const PARTITION_PROPOSE_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+
+/// How often a producer's next batch re-checks whether its previous proposal was answered:
+/// 1 ms (one producer's proposals go one at a time; this is only hit by retries that overtake
+/// the proposal they repeat).
+pub const PARTITION_PRODUCER_WAIT_POLL_MS: u64 = 1;

@@ -13,7 +13,7 @@
 //! node-local, through the path a single node uses.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -310,13 +310,21 @@ impl Controller {
                 "partition count must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {count}"
             )));
         }
-        if spec.replication_factor != -1 && spec.replication_factor != 1 {
+        let replication_factor = replication_factor(spec);
+        let brokers = match scope {
+            Scope::Local => 1,
+            Scope::Cluster(_) => next.brokers.len().max(1),
+        };
+        if replication_factor < 1 || usize::from(replication_factor.unsigned_abs()) > brokers {
             return Err(KernelError::InvalidReplicationFactor(format!(
-                "replication factor {} is larger than the 1 available broker",
+                "replication factor {} must be between 1 and the {brokers} registered broker(s)",
                 spec.replication_factor
             )));
         }
         let configs = topic_config::validate(&spec.configs)?;
+        if replication_factor > 1 {
+            topic_config::check_replicable(&configs)?;
+        }
         Ok(TopicMeta {
             id: unique_id(next.version, next.topics.len() as u64),
             partition_shards: Vec::new(),
@@ -324,6 +332,7 @@ impl Controller {
             leader_epoch: 0,
             log_start_offsets: Vec::new(),
             partition_nodes: Vec::new(),
+            partition_replicas: Vec::new(),
         })
     }
 
@@ -358,6 +367,10 @@ impl Controller {
                     spec.partition_count
                 };
                 place_partitions(&mut placement, &mut meta, count);
+                let replication_factor = replication_factor(spec);
+                if replication_factor > 1 {
+                    place_replicas(&next, &mut meta, replication_factor.unsigned_abs());
+                }
                 let info = topic_info(&spec.name, &meta);
                 next.topics.insert(spec.name.clone(), meta);
                 info
@@ -446,6 +459,9 @@ impl Controller {
             }
         }
         place_partitions(&mut placement, &mut meta, partition_count);
+        if let Some(factor) = meta.partition_replicas.first().map(Vec::len) {
+            place_replicas(&next, &mut meta, u16::try_from(factor).unwrap_or(1));
+        }
         next.topics.insert(name.to_string(), meta);
         self.commit(shard, scope, &base, next).await?;
         info!(topic = %name, partitions = partition_count, "partitions created");
@@ -488,6 +504,9 @@ impl Controller {
         let requested: Vec<(String, Option<String>)> =
             configs.into_iter().map(|(k, v)| (k, Some(v))).collect();
         let validated = topic_config::validate(&requested)?;
+        if topic.is_replicated() {
+            topic_config::check_replicable(&validated)?;
+        }
         if validate_only || validated == topic.configs {
             return Ok(());
         }
@@ -645,6 +664,75 @@ fn place_partitions(placement: &mut Placement, meta: &mut TopicMeta, count: i32)
     }
 }
 
+/// The replication factor a CreateTopics spec asks for (-1: the default, 1).
+fn replication_factor(spec: &TopicSpec) -> i16 {
+    if spec.replication_factor == -1 {
+        1
+    } else {
+        spec.replication_factor
+    }
+}
+
+/// Gives every partition of `meta` without replicas `factor` replicas on distinct registered
+/// brokers: the brokers holding the fewest replicas (of every topic) first, ties by node id;
+/// within a partition the node leading the fewest partitions goes first (the preferred
+/// leader). Replicated partitions live on shard 0 of each replica (the shard that runs the
+/// node's RPC server), and `partition_nodes` records the preferred leader.
+fn place_replicas(metadata: &ClusterMetadata, meta: &mut TopicMeta, factor: u16) {
+    let mut replica_loads: BTreeMap<i32, usize> =
+        metadata.brokers.keys().map(|node| (*node, 0)).collect();
+    let mut leader_loads = replica_loads.clone();
+    for topic in metadata.topics.values() {
+        for replicas in &topic.partition_replicas {
+            for node in replicas {
+                *replica_loads.entry(*node).or_default() += 1;
+            }
+            if let Some(first) = replicas.first() {
+                *leader_loads.entry(*first).or_default() += 1;
+            }
+        }
+        if topic.partition_replicas.is_empty() {
+            for node in &topic.partition_nodes {
+                *replica_loads.entry(*node).or_default() += 1;
+                *leader_loads.entry(*node).or_default() += 1;
+            }
+        }
+    }
+    for node in meta.partition_replicas.iter().flatten() {
+        *replica_loads.entry(*node).or_default() += 1;
+    }
+    let count = meta.partition_shards.len();
+    while meta.partition_replicas.len() < count {
+        let mut candidates: Vec<(usize, i32)> = replica_loads
+            .iter()
+            .map(|(node, load)| (*load, *node))
+            .collect();
+        candidates.sort_unstable();
+        let mut chosen: Vec<i32> = candidates
+            .iter()
+            .take(usize::from(factor))
+            .map(|(_, node)| *node)
+            .collect();
+        chosen.sort_by_key(|node| (leader_loads.get(node).copied().unwrap_or(0), *node));
+        for node in &chosen {
+            *replica_loads.entry(*node).or_default() += 1;
+        }
+        if let Some(first) = chosen.first() {
+            *leader_loads.entry(*first).or_default() += 1;
+        }
+        let partition = meta.partition_replicas.len();
+        let preferred = chosen.first().copied().unwrap_or(0);
+        if let Some(shard) = meta.partition_shards.get_mut(partition) {
+            *shard = 0;
+        }
+        if meta.partition_nodes.len() <= partition {
+            meta.partition_nodes.resize(partition + 1, preferred);
+        }
+        meta.partition_nodes[partition] = preferred;
+        meta.partition_replicas.push(chosen);
+    }
+}
+
 /// Sends the snapshot to every other shard, applies it here, and waits for all.
 async fn broadcast(shard: &Rc<Shard>, snapshot: Arc<ClusterMetadata>) {
     let mut replies = Vec::with_capacity(shard.shard_count);
@@ -693,6 +781,7 @@ mod tests {
                 leader_epoch: 0,
                 log_start_offsets: Vec::new(),
                 partition_nodes: Vec::new(),
+                partition_replicas: Vec::new(),
             },
         );
         let mut meta = TopicMeta {
@@ -702,6 +791,7 @@ mod tests {
             leader_epoch: 0,
             log_start_offsets: Vec::new(),
             partition_nodes: Vec::new(),
+            partition_replicas: Vec::new(),
         };
         let mut placement = Placement {
             loads: metadata.shard_loads(0, 3),

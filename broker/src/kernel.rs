@@ -15,9 +15,9 @@ use futures_lite::future;
 use rmq_protocols::kernel::{
     Acks, AppendedRange, CommitOffsetsInput, CommittedOffset, ConfigChange, ConfigEntry,
     GroupDescription, GroupItemResults, GroupListing, JoinGroupInput, JoinGroupOutput, Kernel,
-    KernelError, LeavingMember, LogDirDescription, MemberGeneration, NodeInfo, ProduceInput,
-    ReadInput, ReadOutput, SyncGroupInput, SyncGroupOutput, TopicInfo, TopicPartition, TopicSpec,
-    LIST_OFFSETS_LATEST,
+    KernelError, LeavingMember, LogDirDescription, MemberGeneration, NodeInfo, PartitionState,
+    ProduceInput, ReadInput, ReadOutput, SyncGroupInput, SyncGroupOutput, TopicInfo,
+    TopicPartition, TopicSpec, LIST_OFFSETS_LATEST,
 };
 use rmq_storage::validate_batches;
 
@@ -28,9 +28,7 @@ use crate::constants::{
 };
 use crate::controller::{topic_info, ControllerReply, ControllerRequest};
 use crate::group::{coordinator_partition, offsets_partition, GroupRequest};
-use crate::shard::{
-    await_appends, batch_error, ProduceItem, ProduceResult, Shard, ShardId, ShardOp,
-};
+use crate::shard::{batch_error, ProduceItem, ProduceResult, Shard, ShardId, ShardOp};
 use crate::topic_config;
 
 const CONTROLLER_SHARD: ShardId = ShardId(0);
@@ -279,6 +277,63 @@ impl Kernel for ShardKernel {
             .unwrap_or(node_id)
     }
 
+    /// A replicated partition: its replicas from the metadata; leader, epoch (the Raft term)
+    /// and in-sync replicas from this node's replica when it hosts one. A node that hosts no
+    /// replica names the preferred leader with an unknown epoch (-1), so clients do not
+    /// prefer its guess over a hosting node's answer; a wrong guess costs one
+    /// NOT_LEADER_OR_FOLLOWER and a refresh.
+    fn partition_state(&self, topic: &TopicInfo, partition: i32) -> PartitionState {
+        let node_id = self.shard.config.node_id;
+        let metadata = self.shard.metadata();
+        let replicas = metadata
+            .topics
+            .get(&topic.name)
+            .and_then(|meta| meta.replicas_of(partition))
+            .map(<[i32]>::to_vec);
+        let Some(replicas) = replicas else {
+            let leader = self.partition_leader(&topic.name, partition);
+            return PartitionState {
+                leader,
+                leader_epoch: topic.leader_epoch,
+                replicas: vec![leader],
+                in_sync: vec![leader],
+            };
+        };
+        let key = TopicPartition {
+            topic: topic.name.clone(),
+            partition,
+        };
+        let status = self
+            .shard
+            .cluster_view
+            .as_ref()
+            .and_then(|view| view.replica(&key).map(|status| (view.clone(), status)));
+        match status {
+            Some((view, status)) => {
+                let leader = status
+                    .serving_leader(node_id, view.election_timeout_ms)
+                    .unwrap_or(-1);
+                let in_sync = if status.leader == Some(node_id) {
+                    status.in_sync.clone()
+                } else {
+                    replicas.clone()
+                };
+                PartitionState {
+                    leader,
+                    leader_epoch: i32::try_from(status.term).unwrap_or(i32::MAX),
+                    replicas,
+                    in_sync,
+                }
+            }
+            None => PartitionState {
+                leader: replicas.first().copied().unwrap_or(-1),
+                leader_epoch: -1,
+                in_sync: replicas.clone(),
+                replicas,
+            },
+        }
+    }
+
     fn auto_create_topics(&self) -> bool {
         self.shard.config.auto_create_topics_enable
     }
@@ -463,7 +518,7 @@ impl Kernel for ShardKernel {
         for (owner, group) in group_by_shard(routed) {
             let (indexes, items): (Vec<usize>, Vec<ProduceItem>) = group.into_iter().unzip();
             if owner == self.shard.id {
-                local = Some((indexes, self.shard.append_local(items)));
+                local = Some((indexes, self.shard.produce_local(acks, timeout_ms, items)));
                 continue;
             }
             let (reply, receiver) = flume::bounded(1);
@@ -478,8 +533,8 @@ impl Kernel for ShardKernel {
                 Err(e) => indexes.iter().for_each(|i| results[*i] = Err(e.clone())),
             }
         }
-        if let Some((indexes, appended)) = local {
-            let outputs = await_appends(acks, timeout_ms, appended).await;
+        if let Some((indexes, produced)) = local {
+            let outputs = produced.await;
             for (index, output) in indexes.into_iter().zip(outputs) {
                 results[index] = output;
             }

@@ -6,8 +6,8 @@
 //! Persisted with rkyv at `<data_dir>/__cluster/metadata.bin`, framed as
 //! `magic(8) | payload_len(u32 LE) | crc32(u32 LE) | payload`, written to a temporary file,
 //! fdatasynced and renamed, so a crash leaves either the old or the new file. The magic names
-//! the layout: `RMQMETA3` today; `RMQMETA1` (before DeleteRecords) and `RMQMETA2` (before
-//! clusters) files are read and upgraded.
+//! the layout: `RMQMETA4` today; `RMQMETA1` (before DeleteRecords), `RMQMETA2` (before
+//! clusters) and `RMQMETA3` (before replicated partitions) files are read and upgraded.
 //!
 //! In a cluster (`--seeds`) the topics whose name does not start with `__` and the brokers come
 //! from the controller Raft group (see `cluster`); topics starting with `__` stay node-local.
@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use rkyv::{Archive, Deserialize, Serialize};
 
-const METADATA_MAGIC: &[u8; 8] = b"RMQMETA3";
+const METADATA_MAGIC: &[u8; 8] = b"RMQMETA4";
+const METADATA_MAGIC_V3: &[u8; 8] = b"RMQMETA3";
 const METADATA_MAGIC_V2: &[u8; 8] = b"RMQMETA2";
 const METADATA_MAGIC_V1: &[u8; 8] = b"RMQMETA1";
 const METADATA_HEADER_BYTES: usize = 16;
@@ -38,6 +39,10 @@ pub struct TopicMeta {
     /// The node leading each partition (index = partition id). Empty (or a missing entry):
     /// this node, as for every topic of a single node and a cluster node's `__` topics.
     pub partition_nodes: Vec<i32>,
+    /// The replicas of each partition of a replicated topic (index = partition id; each a
+    /// list of node ids, the preferred leader first): every partition is then a Raft group
+    /// over those nodes, hosted on shard 0 of each. Empty for an unreplicated topic.
+    pub partition_replicas: Vec<Vec<i32>>,
 }
 
 /// A broker of a cluster, as it registered itself with the controller.
@@ -57,6 +62,19 @@ impl TopicMeta {
         usize::try_from(partition)
             .ok()
             .and_then(|index| self.partition_nodes.get(index).copied())
+    }
+
+    /// The replicas of `partition` when the topic is replicated (a Raft group per partition).
+    pub fn replicas_of(&self, partition: i32) -> Option<&[i32]> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.partition_replicas.get(index))
+            .map(Vec::as_slice)
+            .filter(|replicas| !replicas.is_empty())
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        !self.partition_replicas.is_empty()
     }
 
     /// The DeleteRecords start of `partition` (0 when none was set).
@@ -106,6 +124,7 @@ mod legacy {
                             leader_epoch: t.leader_epoch,
                             log_start_offsets: Vec::new(),
                             partition_nodes: Vec::new(),
+                            partition_replicas: Vec::new(),
                         };
                         (name, topic)
                     })
@@ -149,12 +168,61 @@ mod legacy {
                             leader_epoch: t.leader_epoch,
                             log_start_offsets: t.log_start_offsets,
                             partition_nodes: Vec::new(),
+                            partition_replicas: Vec::new(),
                         };
                         (name, topic)
                     })
                     .collect(),
                 producer_id_reserved_until: v2.producer_id_reserved_until,
                 ..super::ClusterMetadata::default()
+            }
+        }
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub struct TopicMetaV3 {
+        pub id: [u8; 16],
+        pub partition_shards: Vec<u16>,
+        pub configs: BTreeMap<String, String>,
+        pub leader_epoch: i32,
+        pub log_start_offsets: Vec<i64>,
+        pub partition_nodes: Vec<i32>,
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+    pub struct ClusterMetadataV3 {
+        pub version: u64,
+        pub cluster_id: String,
+        pub topics: BTreeMap<String, TopicMetaV3>,
+        pub producer_id_reserved_until: i64,
+        pub brokers: BTreeMap<i32, super::BrokerMeta>,
+        pub controller_applied_index: u64,
+    }
+
+    impl From<ClusterMetadataV3> for super::ClusterMetadata {
+        fn from(v3: ClusterMetadataV3) -> super::ClusterMetadata {
+            super::ClusterMetadata {
+                version: v3.version,
+                cluster_id: v3.cluster_id,
+                topics: v3
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let topic = super::TopicMeta {
+                            id: t.id,
+                            partition_shards: t.partition_shards,
+                            configs: t.configs,
+                            leader_epoch: t.leader_epoch,
+                            log_start_offsets: t.log_start_offsets,
+                            partition_nodes: t.partition_nodes,
+                            partition_replicas: Vec::new(),
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+                producer_id_reserved_until: v3.producer_id_reserved_until,
+                brokers: v3.brokers,
+                controller_applied_index: v3.controller_applied_index,
             }
         }
     }
@@ -193,8 +261,11 @@ impl ClusterMetadata {
         shard_count: usize,
     ) -> Option<u16> {
         let meta = self.topics.get(topic)?;
-        if meta.node_of(partition).is_some_and(|node| node != node_id) {
-            return None;
+        match meta.replicas_of(partition) {
+            Some(replicas) if !replicas.contains(&node_id) => return None,
+            Some(_) => {}
+            None if meta.node_of(partition).is_some_and(|node| node != node_id) => return None,
+            None => {}
         }
         let index = usize::try_from(partition).ok()?;
         let stored = *meta.partition_shards.get(index)?;
@@ -250,7 +321,8 @@ pub(crate) fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
     }
     let v1 = &bytes[..8] == METADATA_MAGIC_V1;
     let v2 = &bytes[..8] == METADATA_MAGIC_V2;
-    if !v1 && !v2 && &bytes[..8] != METADATA_MAGIC {
+    let v3 = &bytes[..8] == METADATA_MAGIC_V3;
+    if !v1 && !v2 && !v3 && &bytes[..8] != METADATA_MAGIC {
         bail!("bad magic");
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -270,6 +342,11 @@ pub(crate) fn decode(bytes: &[u8]) -> anyhow::Result<ClusterMetadata> {
     }
     if v2 {
         return rkyv::from_bytes::<legacy::ClusterMetadataV2, rkyv::rancor::Error>(&aligned)
+            .map(ClusterMetadata::from)
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}"));
+    }
+    if v3 {
+        return rkyv::from_bytes::<legacy::ClusterMetadataV3, rkyv::rancor::Error>(&aligned)
             .map(ClusterMetadata::from)
             .map_err(|e| anyhow::anyhow!("cannot decode: {e}"));
     }
@@ -322,6 +399,7 @@ mod tests {
                 leader_epoch: 0,
                 log_start_offsets: vec![0, 5],
                 partition_nodes: Vec::new(),
+                partition_replicas: Vec::new(),
             },
         );
         metadata.topics.insert(
@@ -333,6 +411,7 @@ mod tests {
                 leader_epoch: 0,
                 log_start_offsets: Vec::new(),
                 partition_nodes: vec![2, 3],
+                partition_replicas: Vec::new(),
             },
         );
         metadata.brokers.insert(

@@ -30,6 +30,7 @@ use crate::metadata::{self, ClusterMetadata};
 use crate::metrics::ShardMetrics;
 use crate::mqtt;
 use crate::shard::{now_ms, spawn_mesh_receivers, Shard, ShardId, ShardOp};
+use rmq_raft::rpc::LinkFilter;
 
 /// How long the node waits for every shard to recover its logs and bind its listeners.
 const STARTUP_TIMEOUT_S: u64 = 600;
@@ -158,7 +159,13 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let metadata = Arc::new(load_or_create_metadata(&config)?);
     check_cluster_mode(&config, &metadata)?;
     let config = Arc::new(config);
-    let cluster_view = (!config.seeds.is_empty()).then(|| Arc::new(ClusterView::new()));
+    let cluster_view = (!config.seeds.is_empty()).then(|| {
+        Arc::new(ClusterView::new(
+            config.node_id,
+            config.raft_election_timeout_ms,
+            config.fault_injection.then(LinkFilter::new),
+        ))
+    });
     let rpc_bound: BoundSlot = Arc::new((Mutex::new(None), Condvar::new()));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = if config.cores <= cpus {

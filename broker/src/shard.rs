@@ -29,6 +29,7 @@ use rmq_storage::{
 use tracing::{error, warn};
 
 use crate::budget::RequestBudget;
+use crate::cluster::replica::{Replica, ReplicaManager};
 use crate::cluster::ClusterView;
 use crate::config::NodeConfig;
 use crate::constants::REQUEST_MEMORY_PER_SHARD_BYTES;
@@ -103,6 +104,9 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// The cluster as shard 0 publishes it; `None` on a single node (no `--seeds`).
     pub cluster_view: Option<Arc<ClusterView>>,
+    /// Shard 0 of a cluster node: its replicas of replicated partitions (set once the
+    /// cluster node started).
+    pub replicas: RefCell<Option<Rc<ReplicaManager>>>,
     metadata: RefCell<Arc<ClusterMetadata>>,
     /// `mesh[peer]` sends to shard `peer`; `None` at this shard's own index.
     mesh: Vec<Option<flume::Sender<ShardOp>>>,
@@ -118,7 +122,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn storage_error(e: StorageError) -> KernelError {
+pub(crate) fn storage_error(e: StorageError) -> KernelError {
     match e {
         StorageError::OffsetOutOfRange { .. } => KernelError::OffsetOutOfRange,
         StorageError::OutOfOrderSequence { .. } => KernelError::OutOfOrderSequence(e.to_string()),
@@ -182,6 +186,7 @@ impl Shard {
             controller,
             connections: Cell::new(0),
             cluster_view,
+            replicas: RefCell::new(None),
             metadata: RefCell::new(Arc::new(ClusterMetadata::default())),
             mesh,
             node: RefCell::new(None),
@@ -284,9 +289,79 @@ impl Shard {
                 "partition {partition:?} routed to the wrong shard"
             );
         }
+        if self.is_replicated(partition) {
+            // Only the serving leader reads a replicated partition (its log's commit limit is
+            // the high watermark); appends go through its Raft group (`produce_local`).
+            return match self.replica(partition) {
+                Some(replica) if replica.serves_reads() => Ok(replica.log().clone()),
+                _ => Err(KernelError::NotLeaderOrFollower),
+            };
+        }
         self.logs
             .get(&partition.topic, partition.partition)
             .ok_or(KernelError::UnknownTopicOrPartition)
+    }
+
+    /// Whether `partition` belongs to a replicated topic (a Raft group per partition).
+    pub fn is_replicated(&self, partition: &TopicPartition) -> bool {
+        self.metadata
+            .borrow()
+            .topics
+            .get(&partition.topic)
+            .is_some_and(|topic| topic.replicas_of(partition.partition).is_some())
+    }
+
+    /// This node's replica of `partition`, when it hosts one (shard 0 of a cluster node).
+    pub fn replica(&self, partition: &TopicPartition) -> Option<Rc<Replica>> {
+        self.replicas
+            .borrow()
+            .as_ref()
+            .and_then(|replicas| replicas.get(partition))
+    }
+
+    /// Produces `items` on this shard: unreplicated partitions are appended now, in order
+    /// (before the returned future is first polled); replicated ones are proposed to their
+    /// Raft groups, concurrently. Answers in item order.
+    pub fn produce_local(
+        &self,
+        acks: Acks,
+        timeout_ms: u32,
+        items: Vec<ProduceItem>,
+    ) -> impl std::future::Future<Output = Vec<ProduceResult>> + 'static {
+        let count = items.len();
+        let mut plain = Vec::with_capacity(count);
+        let mut plain_indexes = Vec::with_capacity(count);
+        let mut proposals = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            if self.is_replicated(&item.partition) {
+                match self.replica(&item.partition) {
+                    Some(replica) => proposals.push((
+                        index,
+                        glommio::spawn_local(replica.produce(item, acks, timeout_ms)).detach(),
+                    )),
+                    None => proposals.push((
+                        index,
+                        glommio::spawn_local(async { Err(KernelError::NotLeaderOrFollower) })
+                            .detach(),
+                    )),
+                }
+            } else {
+                plain_indexes.push(index);
+                plain.push(item);
+            }
+        }
+        let appended = self.append_local(plain);
+        async move {
+            let mut results: Vec<ProduceResult> = vec![Err(KernelError::ShuttingDown); count];
+            let outputs = await_appends(acks, timeout_ms, appended).await;
+            for (index, output) in plain_indexes.into_iter().zip(outputs) {
+                results[index] = output;
+            }
+            for (index, proposal) in proposals {
+                results[index] = proposal.await.unwrap_or(Err(KernelError::ShuttingDown));
+            }
+            results
+        }
     }
 
     /// Appends every item now, in order; returns what to wait on for each.
@@ -299,6 +374,9 @@ impl Shard {
         items
             .into_iter()
             .map(|item| {
+                if self.is_replicated(&item.partition) {
+                    return Err(KernelError::NotLeaderOrFollower);
+                }
                 let log = self.owned_log(&item.partition)?;
                 let records = BytesMut::from(&item.records[..]);
                 let outcome = log
@@ -447,13 +525,20 @@ impl Shard {
             );
             return;
         }
+        let replicas = self.replicas.borrow().clone();
+        if let Some(replicas) = &replicas {
+            replicas.stop_stale(&new).await;
+        }
         for (name, topic) in &new.topics {
             let recreated = old.topics.get(name).is_some_and(|t| t.id != topic.id);
             if recreated {
                 self.remove_topic_logs(name, old.topics[name].partition_shards.len())
                     .await;
             }
-            let config = topic_config::log_config(&topic.configs);
+            let mut config = topic_config::log_config(&topic.configs);
+            if topic.is_replicated() {
+                config = topic_config::replicated_log_config(config);
+            }
             for partition in 0..topic.partition_shards.len() {
                 let Ok(index) = i32::try_from(partition) else {
                     break;
@@ -478,6 +563,9 @@ impl Shard {
             }
         }
         *self.metadata.borrow_mut() = new.clone();
+        if let Some(replicas) = &replicas {
+            replicas.start_new(self, &new).await;
+        }
         for (name, topic) in &old.topics {
             if !new.topics.contains_key(name) {
                 self.remove_topic_logs(name, topic.partition_shards.len())
@@ -564,10 +652,11 @@ fn handle_op(shard: &Rc<Shard>, op: ShardOp) {
             items,
             reply,
         } => {
-            // Appended here, before any await, so ops are appended in the order they arrive.
-            let appended = shard.append_local(items);
+            // Appended (or proposed) here, before any await, so ops are appended in the order
+            // they arrive.
+            let produced = shard.produce_local(acks, timeout_ms, items);
             glommio::spawn_local(async move {
-                let results = await_appends(acks, timeout_ms, appended).await;
+                let results = produced.await;
                 let _ = reply.send_async(results).await;
             })
             .detach();

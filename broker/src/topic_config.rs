@@ -200,6 +200,34 @@ pub fn validate(
     Ok(stored)
 }
 
+/// What a replicated topic (replication factor > 1) cannot have: the Raft log of a partition
+/// is its partition log, so it must stay on disk (`storage.engine=file`) and must not be
+/// rewritten by compaction.
+pub fn check_replicable(configs: &BTreeMap<String, String>) -> Result<(), KernelError> {
+    if value(configs, "storage.engine") == StorageEngine::Memory.name() {
+        return Err(KernelError::InvalidConfig(
+            "a replicated topic needs storage.engine=file: its Raft log is the partition log"
+                .to_string(),
+        ));
+    }
+    if CleanupPolicy::parse(value(configs, "cleanup.policy")).is_some_and(CleanupPolicy::compacts) {
+        return Err(KernelError::InvalidConfig(
+            "cleanup.policy=compact is not supported on a replicated topic yet: compaction would \
+             rewrite entries of its Raft log"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The log config of a replicated partition: the topic's, with time and size retention off
+/// (retention would delete entries the Raft group still needs; see README "Replication").
+pub fn replicated_log_config(mut config: LogConfig) -> LogConfig {
+    config.retention_ms = -1;
+    config.retention_bytes = -1;
+    config
+}
+
 fn value<'a>(configs: &'a BTreeMap<String, String>, name: &str) -> &'a str {
     configs.get(name).map(String::as_str).unwrap_or_else(|| {
         CONFIG_KEYS

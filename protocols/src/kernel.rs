@@ -133,6 +133,17 @@ pub struct TopicInfo {
     pub internal: bool,
 }
 
+/// Who serves one partition: its leader (-1 while there is none, e.g. during an election),
+/// the leader's epoch (the Raft term of a replicated partition), its replicas and the
+/// replicas in sync with the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionState {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub in_sync: Vec<i32>,
+}
+
 /// A topic to create; `-1` means "broker default" as in Kafka's CreateTopics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -369,6 +380,17 @@ pub trait Kernel {
     fn partition_leader(&self, topic: &str, partition: i32) -> i32 {
         let _ = (topic, partition);
         self.node().node_id
+    }
+    /// Who serves `partition` of `topic`, as Metadata reports it. Unreplicated partitions:
+    /// their one node, the topic's epoch.
+    fn partition_state(&self, topic: &TopicInfo, partition: i32) -> PartitionState {
+        let leader = self.partition_leader(&topic.name, partition);
+        PartitionState {
+            leader,
+            leader_epoch: topic.leader_epoch,
+            replicas: vec![leader],
+            in_sync: vec![leader],
+        }
     }
     /// Whether Metadata requests create unknown topics (`auto_create_topics_enable`).
     fn auto_create_topics(&self) -> bool;

@@ -497,6 +497,21 @@ impl FileLog {
         Offset(self.state.borrow().next_offset)
     }
 
+    /// What `append` would find for these batches' idempotent sequences now, without
+    /// appending: `None` to append, the original offsets for a retry, or the error.
+    pub fn check_sequence(
+        &self,
+        headers: &[BatchHeader],
+    ) -> Result<Option<(Offset, Offset)>, StorageError> {
+        match self.state.borrow().producers.check_append(headers)? {
+            SequenceCheck::Fresh => Ok(None),
+            SequenceCheck::Duplicate {
+                base_offset,
+                last_offset,
+            } => Ok(Some((Offset(base_offset), Offset(last_offset)))),
+        }
+    }
+
     /// End of what readers may see: everything written (pwrite done) so far.
     pub fn high_watermark(&self) -> Offset {
         Offset(self.state.borrow().high_watermark)

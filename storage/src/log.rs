@@ -396,6 +396,19 @@ impl PartitionLog {
         dispatch!(self, log => log.append(records, headers, leader_epoch, now_ms))
     }
 
+    /// What `append` would find for these batches' idempotent sequences now, without
+    /// appending: `None` to append, the original (base, last) offsets for a retry, or the
+    /// sequence error. A Raft leader checks this before proposing a batch.
+    pub fn check_sequence(
+        &self,
+        headers: &[BatchHeader],
+    ) -> Result<Option<(Offset, Offset)>, StorageError> {
+        if headers.is_empty() {
+            return Ok(None);
+        }
+        dispatch!(self, log => log.check_sequence(headers))
+    }
+
     /// Resolves once every byte up to and including `last` is readable (written to its
     /// segment file, or stored in memory). `NoSpace` if the disk filled up before.
     pub async fn wait_written(&self, last: Offset) -> Result<(), StorageError> {

@@ -137,6 +137,19 @@ impl MemoryLog {
         }
     }
 
+    pub(crate) fn check_sequence(
+        &self,
+        headers: &[BatchHeader],
+    ) -> Result<Option<(Offset, Offset)>, StorageError> {
+        match self.state.borrow().producers.check_append(headers)? {
+            SequenceCheck::Fresh => Ok(None),
+            SequenceCheck::Duplicate {
+                base_offset,
+                last_offset,
+            } => Ok(Some((Offset(base_offset), Offset(last_offset)))),
+        }
+    }
+
     pub(crate) fn append(
         &self,
         mut records: BytesMut,

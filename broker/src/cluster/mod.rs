@@ -25,6 +25,7 @@
 //! span an await. `ClusterView` is the only part shared across threads (atomics and a mutex
 //! held only to copy a value in or out).
 
+pub mod replica;
 pub mod state_machine;
 
 use std::cell::{Cell, RefCell};
@@ -39,10 +40,12 @@ use anyhow::Context;
 use futures_lite::future::BoxedLocal;
 use openraft::rt::WatchReceiver;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
-use rmq_protocols::kernel::KernelError;
-use rmq_raft::rpc::{Dispatcher, FaultCode, RaftGroups, RpcClient, RpcFault, RpcRequest};
+use rmq_protocols::kernel::{KernelError, TopicPartition};
+use rmq_raft::rpc::{
+    Dispatcher, FaultCode, LinkFilter, RaftGroups, RpcClient, RpcFault, RpcRequest,
+};
 use rmq_raft::rpc::{RpcResponse, RpcServer};
-use rmq_raft::{PartitionLogStore, PartitionRaft};
+use rmq_raft::{DigestStateMachine, PartitionLogStore, PartitionRaft};
 use rmq_storage::{LogConfig, PartitionLog};
 use serde_json::json;
 use tracing::{info, warn};
@@ -55,6 +58,7 @@ use crate::constants::{
 };
 use crate::metadata::{BrokerMeta, ClusterMetadata, TopicMeta};
 use crate::shard::{now_ms, Shard};
+use replica::{ReplicaManager, ReplicaStatus};
 use state_machine::{
     command_batch, decode_command, encode_command, ControllerCommand, ControllerShared,
     ControllerStateMachine,
@@ -73,14 +77,75 @@ pub struct ClusterView {
     controller_id: AtomicI32,
     /// `/v1/cluster`'s body, refreshed by shard 0.
     status: Mutex<serde_json::Value>,
+    /// The replicated partitions hosted here, as their Raft groups last reported.
+    replicas: Mutex<BTreeMap<TopicPartition, ReplicaStatus>>,
+    /// This node's id.
+    pub node_id: i32,
+    /// `--raft-election-timeout-ms`: partition groups' election timeout.
+    pub election_timeout_ms: u64,
+    /// `--fault-injection`: the RPC links the admin endpoint may cut; `None` without it.
+    pub link_filter: Option<LinkFilter>,
 }
 
 impl ClusterView {
-    pub fn new() -> ClusterView {
+    pub fn new(
+        node_id: i32,
+        election_timeout_ms: u64,
+        link_filter: Option<LinkFilter>,
+    ) -> ClusterView {
         ClusterView {
+            node_id,
             controller_id: AtomicI32::new(-1),
             status: Mutex::new(json!({"mode": "cluster", "controller": null})),
+            replicas: Mutex::new(BTreeMap::new()),
+            election_timeout_ms,
+            link_filter,
         }
+    }
+
+    pub fn set_replica(&self, partition: TopicPartition, status: ReplicaStatus) {
+        if let Ok(mut replicas) = self.replicas.lock() {
+            replicas.insert(partition, status);
+        }
+    }
+
+    pub fn remove_replica(&self, partition: &TopicPartition) {
+        if let Ok(mut replicas) = self.replicas.lock() {
+            replicas.remove(partition);
+        }
+    }
+
+    /// The status of a replica hosted here.
+    pub fn replica(&self, partition: &TopicPartition) -> Option<ReplicaStatus> {
+        self.replicas
+            .lock()
+            .ok()
+            .and_then(|replicas| replicas.get(partition).cloned())
+    }
+
+    /// Every replica hosted here, for `/v1/cluster`.
+    pub fn replicas_json(&self, node_id: i32) -> serde_json::Value {
+        let Ok(replicas) = self.replicas.lock() else {
+            return json!([]);
+        };
+        let entries: Vec<serde_json::Value> = replicas
+            .iter()
+            .map(|(partition, status)| {
+                json!({
+                    "topic": partition.topic,
+                    "partition": partition.partition,
+                    "replicas": status.replicas,
+                    "in_sync": status.in_sync,
+                    "leader": status.leader,
+                    "serving_leader": status.serving_leader(node_id, self.election_timeout_ms),
+                    "term": status.term,
+                    "role": status.role,
+                    "committed_index": status.committed_index,
+                    "last_log_index": status.last_log_index,
+                })
+            })
+            .collect();
+        json!(entries)
     }
 
     pub fn controller_id(&self) -> i32 {
@@ -102,15 +167,11 @@ impl ClusterView {
     }
 }
 
-impl Default for ClusterView {
-    fn default() -> Self {
-        ClusterView::new()
-    }
-}
-
 /// Routes the controller group's Raft messages to its Raft and forwarded proposals to the node.
 struct ControllerDispatcher {
     groups: RaftGroups<ControllerStateMachine>,
+    /// The partition groups hosted on this shard (`replica`).
+    partitions: Rc<RaftGroups<DigestStateMachine>>,
     node: RefCell<Weak<ClusterNode>>,
 }
 
@@ -135,7 +196,8 @@ impl Dispatcher for ControllerDispatcher {
                     }
                 })
             }
-            other => self.groups.dispatch(group_id, other),
+            other if group_id == CONTROLLER_GROUP_ID => self.groups.dispatch(group_id, other),
+            other => self.partitions.dispatch(group_id, other),
         }
     }
 }
@@ -152,6 +214,10 @@ pub struct ClusterNode {
     /// already at startup).
     merged_index: Cell<u64>,
     view: Arc<ClusterView>,
+    /// This node's replicas of replicated partitions.
+    pub replicas: Rc<ReplicaManager>,
+    /// The seeds to ask while no controller leader is known (a joining node).
+    seeds: Vec<(u64, String)>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
@@ -219,19 +285,28 @@ impl ClusterNode {
             .await
             .with_context(|| format!("cannot open the controller Raft log {}", dir.display()))?;
         let (shared, changed) = ControllerShared::new();
+        let partitions = Rc::new(RaftGroups::default());
         let dispatcher = Rc::new(ControllerDispatcher {
             groups: RaftGroups::default(),
+            partitions: partitions.clone(),
             node: RefCell::new(Weak::new()),
         });
         let server = RpcServer::bind(
             &config.rpc_addr,
             node_u64(node_id),
             dispatcher.clone(),
-            None,
+            view.link_filter.clone(),
         )
         .with_context(|| format!("--rpc-addr: cannot listen on {}", config.rpc_addr))?;
         let rpc_addr = server.local_addr();
-        let client = RpcClient::new(node_u64(node_id), None);
+        let client = RpcClient::new(node_u64(node_id), view.link_filter.clone());
+        let replicas = Rc::new(ReplicaManager::new(
+            node_id,
+            client.clone(),
+            partitions,
+            view.clone(),
+            view.election_timeout_ms,
+        )?);
         let raft = Raft::new(
             node_u64(node_id),
             raft_config()?,
@@ -277,13 +352,22 @@ impl ClusterNode {
             log,
             merged_index: Cell::new(merged),
             view,
+            replicas: replicas.clone(),
+            seeds: config
+                .seeds
+                .iter()
+                .filter(|seed| seed.node_id != node_id)
+                .map(|seed| (node_u64(seed.node_id), seed.rpc_addr.clone()))
+                .collect(),
             tasks: RefCell::new(Vec::new()),
         });
         *dispatcher.node.borrow_mut() = Rc::downgrade(&node);
+        *shard.replicas.borrow_mut() = Some(replicas.clone());
+        replicas.start_new(shard, &shard.metadata()).await;
         let tasks = vec![
             glommio::spawn_local(merge_loop(shard.clone(), Rc::downgrade(&node), changed)).detach(),
             glommio::spawn_local(status_loop(shard.clone(), Rc::downgrade(&node))).detach(),
-            glommio::spawn_local(register(shard.clone(), Rc::downgrade(&node))).detach(),
+            glommio::spawn_local(register(shard.clone(), Rc::downgrade(&node), rpc_addr)).detach(),
         ];
         *node.tasks.borrow_mut() = tasks;
         info!(node = node_id, rpc = %rpc_addr, "controller group member started");
@@ -295,6 +379,7 @@ impl ClusterNode {
         for task in self.tasks.borrow_mut().drain(..) {
             task.cancel();
         }
+        self.replicas.shutdown().await;
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "controller Raft shutdown failed");
         }
@@ -400,7 +485,9 @@ impl ClusterNode {
                     )
                     .await
                     .and_then(|answer| decode_forward_answer(&answer)),
-                _ => Err("no controller leader".to_string()),
+                // No leader known (a joining node that is not a member yet): ask the seeds
+                // in turn; a seed that leads admits this node and writes the command.
+                _ => self.forward_to_seeds(&command_bytes).await,
             };
             match outcome {
                 Ok(index) => return Ok(index),
@@ -412,6 +499,67 @@ impl ClusterNode {
                 }
             }
             glommio::timer::sleep(Duration::from_millis(CONTROLLER_RETRY_INTERVAL_MS)).await;
+        }
+    }
+
+    async fn forward_to_seeds(&self, command_bytes: &[u8]) -> Result<u64, String> {
+        let mut last_error = "no controller leader".to_string();
+        for (seed, addr) in &self.seeds {
+            let answer = self
+                .client
+                .forward(
+                    *seed,
+                    addr,
+                    CONTROLLER_GROUP_ID,
+                    command_bytes.to_vec(),
+                    Duration::from_millis(CONTROLLER_FORWARD_TIMEOUT_MS),
+                )
+                .await
+                .and_then(|answer| decode_forward_answer(&answer));
+            match answer {
+                Ok(index) => return Ok(index),
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// A broker registering that is not in the controller group yet (it joined by pointing at
+    /// a seed) becomes a learner: it receives the log and applies it like every member.
+    async fn admit(&self, command: &ControllerCommand) -> Result<(), String> {
+        let ControllerCommand::RegisterBroker { broker, .. } = command else {
+            return Ok(());
+        };
+        let id = node_u64(broker.node_id);
+        let known = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            if metrics.current_leader != Some(node_u64(self.node_id)) {
+                return Ok(());
+            }
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_some()
+        };
+        if known {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(CONTROLLER_FORWARD_TIMEOUT_MS);
+        match within(
+            timeout,
+            self.raft
+                .add_learner(id, BasicNode::new(&broker.rpc_addr), false),
+        )
+        .await
+        {
+            Some(Ok(_)) => {
+                info!(node = broker.node_id, rpc = %broker.rpc_addr, "node joined the controller group as a learner");
+                Ok(())
+            }
+            Some(Err(error)) => Err(error.to_string()),
+            None => Err("adding the learner timed out".to_string()),
         }
     }
 
@@ -430,7 +578,10 @@ impl ClusterNode {
     async fn serve_forward(&self, bytes: &[u8]) -> Vec<u8> {
         let outcome = match decode_command(bytes) {
             Err(error) => Err(format!("rejected: {error}")),
-            Ok(_) => self.write_local(bytes.to_vec()).await,
+            Ok(command) => match self.admit(&command).await {
+                Ok(()) => self.write_local(bytes.to_vec()).await,
+                Err(error) => Err(error),
+            },
         };
         match outcome {
             Ok(index) => {
@@ -495,7 +646,9 @@ async fn merge_loop(shard: Rc<Shard>, node: Weak<ClusterNode>, changed: flume::R
 }
 
 /// Registers this node (advertised Kafka address, RPC address) until the state shows it.
-async fn register(shard: Rc<Shard>, node: Weak<ClusterNode>) {
+/// A seed registers the address its seed entry names; a joining node the host of --rpc-addr
+/// (the advertised Kafka host when that is a wildcard) with the port it bound.
+async fn register(shard: Rc<Shard>, node: Weak<ClusterNode>, bound: SocketAddr) {
     let config = shard.config.clone();
     let kafka = shard.node();
     let rpc_addr = config
@@ -503,7 +656,20 @@ async fn register(shard: Rc<Shard>, node: Weak<ClusterNode>) {
         .iter()
         .find(|seed| seed.node_id == config.node_id)
         .map(|seed| seed.rpc_addr.clone())
-        .unwrap_or_else(|| config.rpc_addr.clone());
+        .unwrap_or_else(|| {
+            let host = config.rpc_addr.rsplit_once(':').map_or("", |(host, _)| {
+                host.trim_start_matches('[').trim_end_matches(']')
+            });
+            let host = match host {
+                "" | "0.0.0.0" | "::" => kafka.host.as_str(),
+                specific => specific,
+            };
+            if host.contains(':') {
+                format!("[{host}]:{}", bound.port())
+            } else {
+                format!("{host}:{}", bound.port())
+            }
+        });
     let command = ControllerCommand::RegisterBroker {
         broker: BrokerMeta {
             node_id: config.node_id,
@@ -597,6 +763,7 @@ impl ClusterNode {
             // Lags are known to the leader only; a follower reports its own progress.
             "lag_reported_by": if leader == Some(self.node_id) { "leader" } else { "follower" },
             "nodes": nodes,
+            "partitions": self.view.replicas_json(self.node_id),
         });
         (leader.unwrap_or(-1), status)
     }

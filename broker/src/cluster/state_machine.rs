@@ -42,6 +42,8 @@ use crate::metadata::{BrokerMeta, TopicMeta};
 
 /// A change of the replicated metadata.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Commands are rare (metadata changes) and handled one at a time: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ControllerCommand {
     /// Adds or replaces a broker; sets the cluster id if none is set yet.
     RegisterBroker {
@@ -362,6 +364,7 @@ mod tests {
             leader_epoch: 0,
             log_start_offsets: Vec::new(),
             partition_nodes: vec![2; partitions],
+            partition_replicas: Vec::new(),
         }
     }
 

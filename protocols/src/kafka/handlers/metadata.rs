@@ -111,12 +111,15 @@ fn topic_entry<K: Kernel>(kernel: &K, info: &TopicInfo) -> MetadataResponseTopic
     topic.partitions = (0..info.partition_count)
         .map(|index| {
             let mut partition = MetadataResponsePartition::default();
-            let leader = BrokerId(kernel.partition_leader(&info.name, index));
+            let state = kernel.partition_state(info, index);
             partition.partition_index = index;
-            partition.leader_id = leader;
-            partition.leader_epoch = info.leader_epoch;
-            partition.replica_nodes = vec![leader];
-            partition.isr_nodes = vec![leader];
+            partition.leader_id = BrokerId(state.leader);
+            if state.leader < 0 {
+                partition.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+            partition.leader_epoch = state.leader_epoch;
+            partition.replica_nodes = state.replicas.into_iter().map(BrokerId).collect();
+            partition.isr_nodes = state.in_sync.into_iter().map(BrokerId).collect();
             partition
         })
         .collect();

@@ -20,10 +20,17 @@ pub async fn handle<K: Kernel>(
     for topic in &request.topics {
         let mut out = OffsetForLeaderTopicResult::default();
         out.topic = topic.topic.clone();
-        let info = kernel.topic(topic.topic.0.as_str());
+        let topic_info = kernel.topic(topic.topic.0.as_str());
         for p in &topic.partitions {
             let mut answer = EpochEndOffset::default();
             answer.partition = p.partition;
+            // The partition's epoch (a replicated partition's Raft term) stands for the
+            // topic's here.
+            let info = topic_info.as_ref().map(|info| {
+                let mut info = info.clone();
+                info.leader_epoch = kernel.partition_state(&info, p.partition).leader_epoch;
+                info
+            });
             match &info {
                 None => answer.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(info) if p.current_leader_epoch > info.leader_epoch => {

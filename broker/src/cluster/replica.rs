@@ -1,0 +1,616 @@
+//! Replicated partitions: every partition of a topic with replication factor > 1 is a Raft
+//! group over its replicas (`TopicMeta::partition_replicas`), hosted on shard 0 of each
+//! replica node (the shard that runs the node's RPC server). The Raft log IS the partition log
+//! (`rmq_raft::PartitionLogStore`): entries are the producers' record batches, the term goes in
+//! `partitionLeaderEpoch`, and readers see committed entries only (the log's commit limit is
+//! the high watermark).
+//!
+//! - Lifecycle: `ReplicaManager::sync` starts a group for every local replica the metadata
+//!   names (the preferred leader, the first replica, initializes the membership once) and stops
+//!   the groups of deleted or recreated topics before their logs are removed.
+//! - Produce: only the leader that heard from a quorum within an election timeout proposes;
+//!   anything else answers NOT_LEADER_OR_FOLLOWER so the client refreshes its metadata. A
+//!   batch's idempotent sequence is checked against the log before it is proposed; one
+//!   producer's batches are proposed one at a time (a retry waits for the proposal it repeats),
+//!   so the log never meets a duplicate. A retry of a batch already in the log is answered
+//!   with its offsets once they are committed. acks=all and acks=1 answer after the quorum
+//!   commit (acks=1 is not weaker yet); acks=0 answers nothing.
+//! - Status: a task per replica copies its Raft metrics into the node's `ClusterView`
+//!   (`ReplicaStatus`), which every shard reads for Metadata (leader, term as leader epoch,
+//!   replicas, in-sync replicas) and the admin thread for `/v1/cluster`.
+//!
+//! Concurrency contract: `ReplicaManager` and `Replica` are `!Send` and live on shard 0;
+//! `RefCell` borrows never span an await. Other shards reach a replica through the mesh (the
+//! partition's owning shard is 0). `ReplicaStatus` values cross threads inside `ClusterView`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use openraft::error::ClientWriteError;
+use openraft::rt::WatchReceiver;
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use rmq_protocols::kernel::{Acks, AppendedRange, KernelError, TopicPartition};
+use rmq_raft::rpc::{RaftGroups, RpcClient};
+use rmq_raft::{DigestStateMachine, PartitionLogStore, PartitionRaft, RecordBatch};
+use rmq_storage::{BatchHeader, Offset, PartitionLog};
+use tracing::{info, warn};
+
+use super::ClusterView;
+use crate::constants::{
+    CONTROLLER_GROUP_ID, PARTITION_PRODUCER_WAIT_POLL_MS, PARTITION_PROPOSE_TIMEOUT_DEFAULT_MS,
+};
+use crate::metadata::{ClusterMetadata, TopicMeta};
+use crate::shard::{batch_error, storage_error, ProduceItem, ProduceResult, Shard};
+
+pub type PartitionGroupRaft = Raft<PartitionRaft, DigestStateMachine>;
+
+/// One local replica as the node's `ClusterView` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub replicas: Vec<i32>,
+    /// The leader this replica knows of.
+    pub leader: Option<i32>,
+    pub term: u64,
+    /// openraft's server state: Leader, Follower, Candidate, Learner, Shutdown.
+    pub role: String,
+    pub committed_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// On a leader: the replicas whose log matches within `ISR_LAG_ENTRIES_MAX` entries.
+    pub in_sync: Vec<i32>,
+    /// On a leader: when a quorum last acknowledged it (`None`: never, or not a leader).
+    pub quorum_acked_at: Option<Instant>,
+}
+
+/// A leader whose quorum stayed silent this long no longer serves (it may be partitioned
+/// away; the majority side elects another). Counted in election timeouts.
+const STALE_LEADER_ELECTION_TIMEOUTS: u64 = 1;
+/// A replica more entries behind than this is out of the in-sync set Metadata reports.
+const ISR_LAG_ENTRIES_MAX: u64 = 1_000;
+
+impl ReplicaStatus {
+    /// The leader clients should use: `None` while unknown, or when this node leads but has
+    /// not heard from a quorum for an election timeout.
+    pub fn serving_leader(&self, node_id: i32, election_timeout_ms: u64) -> Option<i32> {
+        let leader = self.leader?;
+        if leader != node_id {
+            return Some(leader);
+        }
+        let fresh = self.quorum_acked_at.is_none_or(|at| {
+            at.elapsed()
+                <= Duration::from_millis(election_timeout_ms * STALE_LEADER_ELECTION_TIMEOUTS)
+        });
+        (self.role == "Leader" && fresh).then_some(leader)
+    }
+}
+
+/// The Raft group id of a partition: FNV-1a over the topic id and partition, top bit set (the
+/// controller group is 0). Every node computes the same id from the replicated metadata.
+pub fn group_id(topic_id: &[u8; 16], partition: i32) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = FNV_OFFSET;
+    for byte in topic_id.iter().chain(partition.to_be_bytes().iter()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    let id = hash | (1 << 63);
+    assert_ne!(id, CONTROLLER_GROUP_ID);
+    id
+}
+
+/// One local replica of a partition.
+pub struct Replica {
+    pub partition: TopicPartition,
+    pub topic_id: [u8; 16],
+    pub group_id: u64,
+    pub replicas: Vec<i32>,
+    raft: PartitionGroupRaft,
+    log: Rc<PartitionLog>,
+    node_id: i32,
+    election_timeout_ms: u64,
+    /// Proposals Raft has not answered yet, per idempotent producer id.
+    in_flight: RefCell<HashMap<i64, usize>>,
+    status_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    stopped: Cell<bool>,
+}
+
+/// The partition groups of this node (shard 0); see the module comment.
+pub struct ReplicaManager {
+    node_id: i32,
+    client: RpcClient,
+    groups: Rc<RaftGroups<DigestStateMachine>>,
+    replicas: RefCell<BTreeMap<TopicPartition, Rc<Replica>>>,
+    view: Arc<ClusterView>,
+    raft_config: Arc<Config>,
+    election_timeout_ms: u64,
+}
+
+fn partition_raft_config(election_timeout_ms: u64) -> anyhow::Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: "rmq-partition".to_string(),
+        heartbeat_interval: (election_timeout_ms / 5).max(10),
+        election_timeout_min: election_timeout_ms,
+        election_timeout_max: election_timeout_ms * 2,
+        // The log is the data: a snapshot could not carry it, and purging would let a lagging
+        // follower need one. Entries leave the log only with the partition.
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| {
+        anyhow::anyhow!("partition Raft config: {e}")
+    })?))
+}
+
+fn node_u64(node_id: i32) -> u64 {
+    u64::try_from(node_id).unwrap_or(0)
+}
+
+fn role_name(state: ServerState) -> String {
+    format!("{state:?}")
+}
+
+impl ReplicaManager {
+    pub fn new(
+        node_id: i32,
+        client: RpcClient,
+        groups: Rc<RaftGroups<DigestStateMachine>>,
+        view: Arc<ClusterView>,
+        election_timeout_ms: u64,
+    ) -> anyhow::Result<ReplicaManager> {
+        Ok(ReplicaManager {
+            node_id,
+            client,
+            groups,
+            replicas: RefCell::new(BTreeMap::new()),
+            view,
+            raft_config: partition_raft_config(election_timeout_ms)?,
+            election_timeout_ms,
+        })
+    }
+
+    pub fn get(&self, partition: &TopicPartition) -> Option<Rc<Replica>> {
+        self.replicas.borrow().get(partition).cloned()
+    }
+
+    /// Stops the groups `metadata` no longer names here (deleted or recreated topics, moved
+    /// replicas). Runs before their logs are removed.
+    pub async fn stop_stale(&self, metadata: &ClusterMetadata) {
+        let stale: Vec<Rc<Replica>> = self
+            .replicas
+            .borrow()
+            .values()
+            .filter(|replica| !self.names(metadata, replica))
+            .cloned()
+            .collect();
+        for replica in stale {
+            self.replicas.borrow_mut().remove(&replica.partition);
+            self.stop(&replica).await;
+        }
+    }
+
+    fn names(&self, metadata: &ClusterMetadata, replica: &Replica) -> bool {
+        metadata
+            .topics
+            .get(&replica.partition.topic)
+            .filter(|topic| topic.id == replica.topic_id)
+            .and_then(|topic| topic.replicas_of(replica.partition.partition))
+            .is_some_and(|replicas| replicas.contains(&self.node_id))
+    }
+
+    /// Starts a group for every local replica `metadata` names that is not running yet. The
+    /// partition logs are open (the shard opened them from the same metadata).
+    pub async fn start_new(&self, shard: &Shard, metadata: &ClusterMetadata) {
+        for (name, topic) in &metadata.topics {
+            for (index, replicas) in topic.partition_replicas.iter().enumerate() {
+                let Ok(partition) = i32::try_from(index) else {
+                    break;
+                };
+                if !replicas.contains(&self.node_id) {
+                    continue;
+                }
+                let key = TopicPartition {
+                    topic: name.clone(),
+                    partition,
+                };
+                if self.replicas.borrow().contains_key(&key) {
+                    continue;
+                }
+                match self
+                    .start(shard, metadata, topic, key.clone(), replicas)
+                    .await
+                {
+                    Ok(replica) => {
+                        self.replicas.borrow_mut().insert(key, replica);
+                    }
+                    Err(error) => {
+                        warn!(topic = %name, partition, error = %format!("{error:#}"), "cannot start the partition's Raft group");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        shard: &Shard,
+        metadata: &ClusterMetadata,
+        topic: &TopicMeta,
+        partition: TopicPartition,
+        replicas: &[i32],
+    ) -> anyhow::Result<Rc<Replica>> {
+        let log = shard
+            .logs
+            .get(&partition.topic, partition.partition)
+            .ok_or_else(|| anyhow::anyhow!("the partition log is not open"))?;
+        let dir = shard
+            .logs
+            .partition_dir(&partition.topic, partition.partition);
+        let store = PartitionLogStore::open(log.clone(), dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the Raft log: {e}"))?;
+        let group_id = group_id(&topic.id, partition.partition);
+        let raft = Raft::new(
+            node_u64(self.node_id),
+            self.raft_config.clone(),
+            self.client.network_factory(group_id),
+            store,
+            DigestStateMachine::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the Raft group: {e}"))?;
+        self.groups.insert(group_id, raft.clone());
+        if replicas.first() == Some(&self.node_id) {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| anyhow::anyhow!("partition Raft: {e}"))?;
+            if !initialized {
+                let members: BTreeMap<u64, BasicNode> = replicas
+                    .iter()
+                    .map(|node| {
+                        let addr = metadata
+                            .brokers
+                            .get(node)
+                            .map(|broker| broker.rpc_addr.clone())
+                            .unwrap_or_default();
+                        (node_u64(*node), BasicNode::new(addr))
+                    })
+                    .collect();
+                if let Err(error) = raft.initialize(members).await {
+                    warn!(%error, topic = %partition.topic, partition = partition.partition, "partition group initialization skipped");
+                }
+            }
+        }
+        let replica = Rc::new(Replica {
+            partition: partition.clone(),
+            topic_id: topic.id,
+            group_id,
+            replicas: replicas.to_vec(),
+            raft,
+            log,
+            node_id: self.node_id,
+            election_timeout_ms: self.election_timeout_ms,
+            in_flight: RefCell::new(HashMap::new()),
+            status_task: RefCell::new(None),
+            stopped: Cell::new(false),
+        });
+        let task = glommio::spawn_local(publish_status(Rc::downgrade(&replica), self.view.clone()))
+            .detach();
+        *replica.status_task.borrow_mut() = Some(task);
+        info!(topic = %partition.topic, partition = partition.partition, group = group_id, replicas = ?replicas, "partition Raft group started");
+        Ok(replica)
+    }
+
+    async fn stop(&self, replica: &Replica) {
+        replica.stopped.set(true);
+        if let Some(task) = replica.status_task.borrow_mut().take() {
+            task.cancel();
+        }
+        self.groups.remove(replica.group_id);
+        if let Err(error) = replica.raft.shutdown().await {
+            warn!(%error, topic = %replica.partition.topic, "partition Raft shutdown failed");
+        }
+        self.view.remove_replica(&replica.partition);
+    }
+
+    /// Stops every group (node shutdown), before the logs close.
+    pub async fn shutdown(&self) {
+        let replicas: Vec<Rc<Replica>> = std::mem::take(&mut *self.replicas.borrow_mut())
+            .into_values()
+            .collect();
+        for replica in replicas {
+            self.stop(&replica).await;
+        }
+    }
+}
+
+/// Copies the replica's Raft metrics into the view whenever they change.
+async fn publish_status(replica: std::rc::Weak<Replica>, view: Arc<ClusterView>) {
+    let Some(live) = replica.upgrade() else {
+        return;
+    };
+    let mut metrics = live.raft.metrics();
+    drop(live);
+    loop {
+        let Some(live) = replica.upgrade() else {
+            return;
+        };
+        let status = {
+            let m = metrics.borrow_watched();
+            let leader = m.current_leader.and_then(|id| i32::try_from(id).ok());
+            let last = m.last_log_index.unwrap_or(0);
+            let in_sync = match &m.replication {
+                Some(replication) => live
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|node| {
+                        *node == live.node_id
+                            || replication.get(&node_u64(*node)).is_some_and(|matched| {
+                                last.saturating_sub(matched.as_ref().map_or(0, |id| id.index))
+                                    <= ISR_LAG_ENTRIES_MAX
+                            })
+                    })
+                    .collect(),
+                None => live.replicas.clone(),
+            };
+            ReplicaStatus {
+                replicas: live.replicas.clone(),
+                leader,
+                term: m.current_term,
+                role: role_name(m.state),
+                committed_index: m.local_committed.map(|id| id.index),
+                last_log_index: m.last_log_index,
+                in_sync,
+                quorum_acked_at: m.last_quorum_acked.as_deref().copied(),
+            }
+        };
+        view.set_replica(live.partition.clone(), status);
+        drop(live);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn idempotent_producers(headers: &[BatchHeader]) -> Vec<i64> {
+    let mut ids: Vec<i64> = headers
+        .iter()
+        .filter(|header| header.producer_id >= 0)
+        .map(|header| header.producer_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Releases a proposal's producers when dropped (answered, failed or cancelled).
+struct InFlight {
+    replica: Rc<Replica>,
+    producers: Vec<i64>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self.replica.in_flight.borrow_mut();
+        for producer in &self.producers {
+            if let Some(count) = in_flight.get_mut(producer) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.remove(producer);
+                }
+            }
+        }
+    }
+}
+
+fn write_error(error: &ClientWriteError<PartitionRaft>) -> KernelError {
+    match error {
+        ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_) => {
+            KernelError::NotLeaderOrFollower
+        }
+        other => KernelError::Storage(other.to_string()),
+    }
+}
+
+impl Replica {
+    /// The current term when this node leads and heard from a quorum within an election
+    /// timeout; NOT_LEADER_OR_FOLLOWER otherwise.
+    fn serving_term(&self) -> Result<u64, KernelError> {
+        if self.stopped.get() {
+            return Err(KernelError::NotLeaderOrFollower);
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leads =
+            m.state == ServerState::Leader && m.current_leader == Some(node_u64(self.node_id));
+        let fresh = m.last_quorum_acked.as_deref().is_none_or(|at| {
+            at.elapsed()
+                <= Duration::from_millis(self.election_timeout_ms * STALE_LEADER_ELECTION_TIMEOUTS)
+        });
+        if leads && fresh {
+            Ok(m.current_term)
+        } else {
+            Err(KernelError::NotLeaderOrFollower)
+        }
+    }
+
+    /// Whether reads are served here (this node is the serving leader).
+    pub fn serves_reads(&self) -> bool {
+        self.serving_term().is_ok()
+    }
+
+    pub fn log(&self) -> &Rc<PartitionLog> {
+        &self.log
+    }
+
+    /// Waits until the log's committed end passes `last_offset` while this node leads in
+    /// `term` (a leader never loses entries of its own term, so they will commit or the term
+    /// ends).
+    async fn wait_committed(
+        &self,
+        last_offset: i64,
+        term: u64,
+        deadline: Instant,
+    ) -> Result<(), KernelError> {
+        loop {
+            if self.log.high_watermark().0 > last_offset {
+                return Ok(());
+            }
+            if self.serving_term()? != term {
+                return Err(KernelError::NotLeaderOrFollower);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(KernelError::RequestTimedOut);
+            }
+            let slice = (deadline - now).min(Duration::from_millis(self.election_timeout_ms));
+            futures_lite::future::or(
+                async {
+                    let _ = self.log.wait_for_data(Offset(last_offset)).await;
+                },
+                glommio::timer::sleep(slice),
+            )
+            .await;
+        }
+    }
+
+    /// Appends one produce item through Raft; see the module comment.
+    pub async fn produce(
+        self: Rc<Self>,
+        item: ProduceItem,
+        acks: Acks,
+        timeout_ms: u32,
+    ) -> ProduceResult {
+        let timeout_ms = if timeout_ms == 0 {
+            PARTITION_PROPOSE_TIMEOUT_DEFAULT_MS
+        } else {
+            u64::from(timeout_ms)
+        };
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let producers = idempotent_producers(&item.headers);
+        // One proposal at a time per producer: a retry waits for the proposal it repeats.
+        loop {
+            self.serving_term()?;
+            let busy = {
+                let in_flight = self.in_flight.borrow();
+                producers.iter().any(|id| in_flight.contains_key(id))
+            };
+            if !busy {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(KernelError::RequestTimedOut);
+            }
+            glommio::timer::sleep(Duration::from_millis(PARTITION_PRODUCER_WAIT_POLL_MS)).await;
+        }
+        let term = self.serving_term()?;
+        let log_start_offset = self.log.log_start_offset().0;
+        if let Some((base, last)) = self
+            .log
+            .check_sequence(&item.headers)
+            .map_err(storage_error)?
+        {
+            self.wait_committed(last.0, term, deadline).await?;
+            return Ok(AppendedRange {
+                base_offset: base.0,
+                last_offset: last.0,
+                log_start_offset,
+            });
+        }
+        let batches = split_batches(&item.records, &item.headers)?;
+        let last_delta = item
+            .headers
+            .last()
+            .map_or(0, |header| i64::from(header.last_offset_delta));
+        {
+            let mut in_flight = self.in_flight.borrow_mut();
+            for id in &producers {
+                *in_flight.entry(*id).or_default() += 1;
+            }
+        }
+        let guard = InFlight {
+            replica: self.clone(),
+            producers,
+        };
+        let raft = self.raft.clone();
+        let (reply, answer) = flume::bounded(1);
+        // Detached: the proposal stays counted until Raft answers it, even if the request
+        // times out first (a retry must not propose the same batch again meanwhile).
+        glommio::spawn_local(async move {
+            let outcome = match raft.client_write_many(batches).await {
+                Err(fatal) => Err(KernelError::Storage(fatal.to_string())),
+                Ok(mut results) => {
+                    let mut first = None;
+                    let mut last = None;
+                    let mut failed = None;
+                    while let Some(result) = results.next().await {
+                        match result {
+                            Err(fatal) => failed = Some(KernelError::Storage(fatal.to_string())),
+                            Ok(Err(error)) => failed = Some(write_error(&error)),
+                            Ok(Ok(response)) => {
+                                let base = response.response.base_offset;
+                                first = first.or(base);
+                                last = base.or(last);
+                            }
+                        }
+                    }
+                    match (failed, first, last) {
+                        (Some(error), _, _) => Err(error),
+                        (None, Some(first), Some(last)) => Ok((first.0, last.0)),
+                        _ => Err(KernelError::Storage(
+                            "a committed record batch reported no offset".to_string(),
+                        )),
+                    }
+                }
+            };
+            drop(guard);
+            let _ = reply.try_send(outcome);
+        })
+        .detach();
+        if acks == Acks::None {
+            return Ok(AppendedRange {
+                base_offset: -1,
+                last_offset: -1,
+                log_start_offset,
+            });
+        }
+        let waited = futures_lite::future::or(async { Some(answer.recv_async().await) }, async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            None
+        })
+        .await;
+        match waited {
+            None => Err(KernelError::RequestTimedOut),
+            Some(Err(_)) => Err(KernelError::ShuttingDown),
+            Some(Ok(outcome)) => outcome.map(|(base, last_base)| AppendedRange {
+                base_offset: base,
+                last_offset: last_base + last_delta,
+                log_start_offset,
+            }),
+        }
+    }
+}
+
+/// One Raft entry per record batch of the item.
+fn split_batches(
+    records: &Bytes,
+    headers: &[BatchHeader],
+) -> Result<Vec<RecordBatch>, KernelError> {
+    let mut batches = Vec::with_capacity(headers.len());
+    let mut position = 0usize;
+    for header in headers {
+        let end = position + header.total_size_bytes();
+        let bytes = records
+            .get(position..end)
+            .ok_or_else(|| KernelError::CorruptMessage("batch beyond the records".to_string()))?;
+        batches.push(RecordBatch::new(records.slice_ref(bytes)).map_err(batch_error)?);
+        position = end;
+    }
+    Ok(batches)
+}

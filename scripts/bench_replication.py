@@ -223,7 +223,8 @@ def main():
     ok = False
     try:
         cluster = Cluster(nodes, extra_args=["--raft-election-timeout-ms",
-                                             str(args.election_timeout_ms)])
+                                             str(args.election_timeout_ms)],
+                          keep_kafka_ports=True)
         wait_formed(cluster)
         rows = bench_throughput(cluster, args)
         failovers = bench_failover(cluster, args)

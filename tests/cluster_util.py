@@ -41,11 +41,14 @@ def free_ports(n):
 
 class Cluster(object):
     """Nodes 1..n started through broker_factory as the seeds (stopped by its teardown, even
-    on failure). `extra_args` go to every node, e.g. ["--raft-election-timeout-ms", "500"]."""
+    on failure). `extra_args` go to every node, e.g. ["--raft-election-timeout-ms", "500"].
+    `keep_kafka_ports`: a restarted node listens on its first Kafka port again, as a real
+    node does (otherwise on a new free port)."""
 
-    def __init__(self, broker_factory, n=3, extra_args=()):
+    def __init__(self, broker_factory, n=3, extra_args=(), keep_kafka_ports=False):
         self.broker_factory = broker_factory
         self.extra_args = list(extra_args)
+        self.keep_kafka_ports = keep_kafka_ports
         self.rpc_ports = free_ports(n)
         self.seeds = ",".join("%d@127.0.0.1:%d" % (i + 1, port)
                               for i, port in enumerate(self.rpc_ports))
@@ -60,6 +63,7 @@ class Cluster(object):
             "--node-id", str(node_id), "--rpc-addr", "127.0.0.1:%d" % rpc_port,
             "--seeds", self.seeds] + self.extra_args)
         b.rmq_node_id = node_id
+        b.keep_kafka_port = self.keep_kafka_ports
         return b
 
     def add_node(self, node_id):
@@ -73,7 +77,10 @@ class Cluster(object):
 
     @staticmethod
     def start(b):
+        """Starts (or restarts) node b (see keep_kafka_ports)."""
         b.start()
+        if getattr(b, "keep_kafka_port", False):
+            b.fixed_kafka_port = b.port
         line = b.stdout_lines[0]
         rpc = RPC_RE.search(line)
         assert rpc, "a cluster node's ready line names its rpc address: %r" % line

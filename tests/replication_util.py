@@ -56,9 +56,11 @@ def partition_metadata(b, topic):
 
 def agreed_partitions(nodes, topic, partitions, strict=False):
     """{partition: {"leader", "epoch", "replicas"}} if every node in `nodes` reports `topic`
-    with `partitions` partitions, each with no error, REPLICATION_FACTOR replicas and the same
-    replicas and leader, the leader in the ISR; else None. `strict`: the same leader epoch on
-    every node too, and ISR = the replicas."""
+    with `partitions` partitions, each with REPLICATION_FACTOR replicas (the same everywhere)
+    and a leader among them, the leader in the ISR, and the nodes hosting a replica (leader
+    epoch >= 0) agree on leader and epoch with no error; else None. A node hosting no
+    replica names a guess (the preferred leader) with epoch -1: only its replicas count.
+    `strict`: ISR = the replicas on every node."""
     views = []
     for b in nodes:
         try:
@@ -70,20 +72,22 @@ def agreed_partitions(nodes, topic, partitions, strict=False):
         views.append(parts)
     agreed = {}
     for p in range(partitions):
-        seen = {(v[p]["error"], v[p]["leader"], v[p]["epoch"] if strict else None,
-                 tuple(v[p]["replicas"]), tuple(v[p]["isr"]) if strict else None)
-                for v in views}
-        if len(seen) != 1:
+        if len({tuple(v[p]["replicas"]) for v in views}) != 1:
             return None
-        error, leader, _, replicas, _ = seen.pop()
-        if error != 0 or len(replicas) != REPLICATION_FACTOR or leader not in replicas:
+        replicas = views[0][p]["replicas"]
+        hosting = [v[p] for v in views if v[p]["epoch"] >= 0]
+        if len(replicas) != REPLICATION_FACTOR or not hosting \
+                or len({(h["error"], h["leader"], h["epoch"]) for h in hosting}) != 1:
+            return None
+        leader, epoch = hosting[0]["leader"], hosting[0]["epoch"]
+        if hosting[0]["error"] != 0 or leader not in replicas:
             return None
         for v in views:
             isr = v[p]["isr"]
-            if leader not in isr or not set(isr) <= set(replicas) \
-                    or (strict and isr != list(replicas)):
+            if v[p]["leader"] not in replicas or v[p]["leader"] not in isr \
+                    or not set(isr) <= set(replicas) or (strict and isr != replicas):
                 return None
-        agreed[p] = {"leader": leader, "epoch": views[0][p]["epoch"], "replicas": list(replicas)}
+        agreed[p] = {"leader": leader, "epoch": epoch, "replicas": list(replicas)}
     return agreed
 
 

@@ -35,7 +35,8 @@ INVALID_REPLICATION_FACTOR = 38
 
 
 def replicated_cluster(broker_factory, extra_args=()):
-    cluster = Cluster(broker_factory, extra_args=REPLICATION_ARGS + list(extra_args))
+    cluster = Cluster(broker_factory, extra_args=REPLICATION_ARGS + list(extra_args),
+                      keep_kafka_ports=True)
     wait_formed(cluster)
     return cluster
 
@@ -144,16 +145,21 @@ def test_rf3_topic_same_replicas_and_leader_everywhere_rf4_refused(broker_factor
         INVALID_REPLICATION_FACTOR, e.value
     _, error, _ = partition_metadata(nodes[0], refused)
     assert error != 0, "the refused topic exists"
-    # The CLI creates a replicated topic too.
-    cli_topic = unique_topic("cli")
-    out = subprocess.run([rmq_bin(), "-b", nodes[1].bootstrap, "topic", "create", cli_topic,
-                          "-p", "2", "-r", "3"], capture_output=True, timeout=60)
-    assert out.returncode == 0, out.stderr.decode()
-    cli_parts = wait_replicated(nodes, cli_topic, 2)
-    assert all(part["replicas"] == [1, 2, 3] for part in cli_parts.values())
     # Fault injection is off without --fault-injection.
     assert post_json(nodes[0], "/v1/debug/rpc/isolate", {"peers": [2, 3]})[0] == 404
     assert post_json(nodes[0], "/v1/debug/rpc/heal", None)[0] == 404
+
+
+@pytest.mark.timeout(120)
+def test_rmq_topic_create_with_replication_factor_3(broker_factory):
+    cluster = replicated_cluster(broker_factory)
+    nodes = list(cluster.nodes.values())
+    topic = unique_topic("cli")
+    out = subprocess.run([rmq_bin(), "-b", nodes[1].bootstrap, "topic", "create", topic,
+                          "-p", "2", "-r", "3"], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    parts = wait_replicated(nodes, topic, 2)
+    assert all(part["replicas"] == [1, 2, 3] for part in parts.values())
 
 
 @pytest.mark.timeout(600)

@@ -5,6 +5,7 @@ for the nodes to agree on brokers and a controller."""
 
 import json
 import os
+import random
 import re
 import socket
 import urllib.request
@@ -25,15 +26,37 @@ def rmq_bin():
     return os.environ.get("RMQ_CLI_BIN") or os.path.join(os.path.dirname(node_bin()), "rmq")
 
 
+# Fixed ports (seeds' RPC, kept Kafka ports) come from below the kernel's ephemeral range, so
+# no listener on port 0 and no outgoing connection can take one between the probe and the
+# node's bind (listeners bind with SO_REUSEPORT: two processes could share a port silently).
+FIXED_PORT_LOW = 10000
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(n):
-    """n distinct free TCP ports on 127.0.0.1 (all probed at once, then released)."""
+    """n distinct TCP ports on 127.0.0.1, free when probed (all bound at once, then released),
+    below the ephemeral port range."""
+    high = _ephemeral_low()
     socks = []
     try:
-        for _ in range(n):
+        for port in random.sample(range(FIXED_PORT_LOW, high), min(high - FIXED_PORT_LOW, 200)):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            if len(socks) == n:
+                return [s.getsockname()[1] for s in socks]
+        raise AssertionError("no %d free ports in %d..%d" % (n, FIXED_PORT_LOW, high))
     finally:
         for s in socks:
             s.close()
@@ -42,45 +65,45 @@ def free_ports(n):
 class Cluster(object):
     """Nodes 1..n started through broker_factory as the seeds (stopped by its teardown, even
     on failure). `extra_args` go to every node, e.g. ["--raft-election-timeout-ms", "500"].
-    `keep_kafka_ports`: a restarted node listens on its first Kafka port again, as a real
-    node does (otherwise on a new free port)."""
+    `keep_kafka_ports`: every node's Kafka listener gets a fixed port, so a restarted node
+    listens where clients knew it, as a real node does (otherwise a new free port each start)."""
 
     def __init__(self, broker_factory, n=3, extra_args=(), keep_kafka_ports=False):
         self.broker_factory = broker_factory
         self.extra_args = list(extra_args)
         self.keep_kafka_ports = keep_kafka_ports
-        self.rpc_ports = free_ports(n)
+        ports = free_ports(2 * n if keep_kafka_ports else n)
+        self.rpc_ports = ports[:n]
         self.seeds = ",".join("%d@127.0.0.1:%d" % (i + 1, port)
                               for i, port in enumerate(self.rpc_ports))
         self.nodes = {}
         for i, port in enumerate(self.rpc_ports):
-            self.nodes[i + 1] = self._make(i + 1, port)
+            self.nodes[i + 1] = self._make(i + 1, port, ports[n + i] if keep_kafka_ports else None)
         for b in list(self.nodes.values()):
             self.start(b)
 
-    def _make(self, node_id, rpc_port):
+    def _make(self, node_id, rpc_port, kafka_port):
         b = self.broker_factory(cores=1, start=False, extra_args=[
             "--node-id", str(node_id), "--rpc-addr", "127.0.0.1:%d" % rpc_port,
             "--seeds", self.seeds] + self.extra_args)
         b.rmq_node_id = node_id
-        b.keep_kafka_port = self.keep_kafka_ports
+        b.fixed_kafka_port = kafka_port
         return b
 
     def add_node(self, node_id):
         """Starts a non-seed node `node_id` (its RPC port fixed, so a restart keeps it) that
         joins through the seeds."""
         assert node_id not in self.nodes
-        b = self._make(node_id, free_ports(1)[0])
+        ports = free_ports(2)
+        b = self._make(node_id, ports[0], ports[1] if self.keep_kafka_ports else None)
         self.nodes[node_id] = b
         self.start(b)
         return b
 
     @staticmethod
     def start(b):
-        """Starts (or restarts) node b (see keep_kafka_ports)."""
+        """Starts (or restarts) node b."""
         b.start()
-        if getattr(b, "keep_kafka_port", False):
-            b.fixed_kafka_port = b.port
         line = b.stdout_lines[0]
         rpc = RPC_RE.search(line)
         assert rpc, "a cluster node's ready line names its rpc address: %r" % line
@@ -97,7 +120,8 @@ class Cluster(object):
 
 
 def node_metadata(b, topics=None):
-    """Metadata v1 from exactly this node: (brokers, controller_id, {topic: [(partition, leader)]})."""
+    """Metadata v1 from exactly this node:
+    (brokers, controller_id, {topic: [(partition, leader)]})."""
     with RawConn(b.host, b.port) as conn:
         resp = conn.metadata(topics, version=1)
     brokers = sorted((node_id, host, port) for node_id, host, port, _rack in resp.brokers)

@@ -14,7 +14,8 @@ import time
 import urllib.error
 import urllib.request
 
-from confluent_kafka import Producer
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import NewTopic
 from kafka.protocol.metadata import MetadataRequest
 
@@ -38,6 +39,38 @@ def create_replicated(bootstrap, name, partitions, replication_factor=REPLICATIO
                                     replication_factor=replication_factor)],
                           operation_timeout=30, request_timeout=30)[name]
     fut.result(timeout=timeout_s)
+
+
+def consume_to_end(bootstrap, topic, partitions, timeout_s=120):
+    """Reads every partition from the beginning until librdkafka reports the end of the
+    partition at or past its high watermark (taken first). A replicated log has offsets
+    without records (the Raft leaders' blank entries), so the last record's offset is not a
+    usable end marker. Returns {partition: [(offset, key, value, headers), ...]}."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "rmq-test-nogroup",
+                  "enable.auto.commit": False, "enable.auto.offset.store": False,
+                  "enable.partition.eof": True, "fetch.wait.max.ms": 100})
+    try:
+        hw = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+              for p in range(partitions)}
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        out = {p: [] for p in range(partitions)}
+        pending = set(range(partitions))
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise AssertionError("consume timed out: high watermarks %s, got %s" % (
+                    hw, {p: len(v) for p, v in out.items()}))
+            for m in c.consume(num_messages=10000, timeout=0.5):
+                if m.error() is not None:
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise AssertionError("consumer error: %s" % m.error())
+                    if m.offset() >= hw[m.partition()]:
+                        pending.discard(m.partition())
+                    continue
+                out[m.partition()].append((m.offset(), m.key(), m.value(), m.headers()))
+        return out
+    finally:
+        c.close()
 
 
 def partition_metadata(b, topic):

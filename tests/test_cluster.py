@@ -237,8 +237,6 @@ def test_bad_cluster_flags_and_data_dirs_stop_startup_with_a_clear_error(broker_
     cases = [
         (["--node-id", "1", "--seeds", "1@127.0.0.1:%d,1@127.0.0.1:%d" % (port, port + 1)],
          "--seeds: node id 1 appears twice"),
-        (["--node-id", "3", "--seeds", "1@127.0.0.1:%d,2@127.0.0.1:%d" % (port, port + 1)],
-         "(--node-id 3) is not one of the seeds"),
         (["--node-id", "1", "--seeds", "1@127.0.0.1:0"], "a seed needs a fixed port"),
         (["--node-id", "1", "--seeds", "1127.0.0.1:%d" % port], "is not ID@HOST:PORT"),
         (["--node-id=-2"], "--node-id must be 0 or more"),

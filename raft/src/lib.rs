@@ -1,7 +1,9 @@
 //! rmq-raft: openraft wired into the shard. `runtime` drives openraft on glommio (no Tokio);
 //! `log_store` makes a partition log the Raft log of its group (`entry_codec` maps entries to
 //! record batches, `raft_meta` keeps vote / committed / purged in a sidecar file);
-//! `state_machine` is a stand-in state machine until the partition state machine exists;
+//! `state_machine` is the partition state machine (the data is the log itself: it tracks the
+//! applied position, membership and a digest of applied batches, and answers each write with
+//! the batch's Kafka offset);
 //! `rpc` is the network between nodes (framed rkyv messages over glommio TCP).
 //!
 //! Concurrency contract: everything here is `!Send` (openraft's `single-threaded` feature); a

@@ -1,4 +1,5 @@
-//! A stand-in state machine until the partition state machine exists (issue #7): it records
+//! The state machine of a partition group (and of the tests' groups). The partition's data is
+//! the Raft log itself, so there is little state to keep: it records
 //! the last applied log id and membership, counts applied record batches and folds their CRCs
 //! into a digest, so replicas that applied the same entries have equal digests. Its snapshot is
 //! that small state, serialized (`encode_snapshot`).

@@ -65,6 +65,24 @@ fn info(client: &mut Client, admin: Option<&str>) -> anyhow::Result<()> {
         }
         println!("{line}");
     }
+    if let Some(partitions) = status
+        .as_ref()
+        .and_then(|status| status["partitions"].as_array())
+        .filter(|partitions| !partitions.is_empty())
+    {
+        println!("replicas on this node (topic partition: role, leader, term, committed):");
+        for p in partitions {
+            println!(
+                "  {} {}: {}, leader {}, term {}, committed {}",
+                p["topic"].as_str().unwrap_or("?"),
+                p["partition"],
+                p["role"].as_str().unwrap_or("?"),
+                p["serving_leader"],
+                p["term"],
+                p["committed_index"]
+            );
+        }
+    }
     Ok(())
 }
 

@@ -35,6 +35,10 @@ pub enum TopicCommand {
         /// Partition count (default: the broker's num_partitions).
         #[arg(long, short = 'p', default_value_t = -1)]
         partitions: i32,
+        /// Replication factor: copies of each partition on distinct nodes of a cluster, kept
+        /// by a Raft group per partition (default 1).
+        #[arg(long, short = 'r', default_value_t = -1)]
+        replication_factor: i16,
         /// Topic config, KEY=VALUE (repeatable), e.g. -c retention.ms=60000
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,
@@ -68,8 +72,9 @@ pub fn run(client: &mut Client, command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
-        } => create(client, &name, partitions, &configs),
+        } => create(client, &name, partitions, replication_factor, &configs),
         TopicCommand::List => list(client),
         TopicCommand::Describe { name } => describe(client, &name),
         TopicCommand::Alter {
@@ -172,12 +177,13 @@ fn create(
     client: &mut Client,
     name: &str,
     partitions: i32,
+    replication_factor: i16,
     configs: &[String],
 ) -> anyhow::Result<()> {
     let mut topic = CreatableTopic::default();
     topic.name = topic_name(name);
     topic.num_partitions = partitions;
-    topic.replication_factor = -1;
+    topic.replication_factor = replication_factor;
     for pair in configs {
         let (key, value) = key_value(pair)?;
         let mut config = CreatableTopicConfig::default();
@@ -232,12 +238,35 @@ fn describe(client: &mut Client, name: &str) -> anyhow::Result<()> {
     let partitions = partition_count(client, name)?;
     println!("topic: {name}");
     println!("partitions: {partitions}");
+    let found = metadata(client, Some(&[name.to_string()]))?;
+    let placement: Vec<(i32, i32, Vec<i32>)> = found
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| {
+            (
+                p.leader_id.0,
+                p.leader_epoch,
+                p.replica_nodes.iter().map(|n| n.0).collect(),
+            )
+        })
+        .collect();
     println!(
-        "{:<10} {:>15} {:>15} {:>12}",
-        "PARTITION", "START", "END", "RECORDS"
+        "{:<10} {:>15} {:>15} {:>12} {:>7} {:>7}  REPLICAS",
+        "PARTITION", "START", "END", "RECORDS", "LEADER", "EPOCH"
     );
     for (index, (start, end)) in offsets(client, name, partitions)?.into_iter().enumerate() {
-        println!("{index:<10} {start:>15} {end:>15} {:>12}", end - start);
+        let (leader, epoch, replicas) =
+            placement
+                .get(index)
+                .cloned()
+                .unwrap_or((-1, -1, Vec::new()));
+        let replicas: Vec<String> = replicas.iter().map(i32::to_string).collect();
+        println!(
+            "{index:<10} {start:>15} {end:>15} {:>12} {leader:>7} {epoch:>7}  {}",
+            end - start,
+            replicas.join(",")
+        );
     }
     let mut resource = DescribeConfigsResource::default();
     resource.resource_type = RESOURCE_TYPE_TOPIC;

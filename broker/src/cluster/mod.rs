@@ -367,6 +367,7 @@ impl ClusterNode {
         let tasks = vec![
             glommio::spawn_local(merge_loop(shard.clone(), Rc::downgrade(&node), changed)).detach(),
             glommio::spawn_local(status_loop(shard.clone(), Rc::downgrade(&node))).detach(),
+            glommio::spawn_local(replicas.clone().balance_leaders()).detach(),
             glommio::spawn_local(register(shard.clone(), Rc::downgrade(&node), rpc_addr)).detach(),
         ];
         *node.tasks.borrow_mut() = tasks;

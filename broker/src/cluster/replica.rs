@@ -42,7 +42,8 @@ use tracing::{info, warn};
 
 use super::ClusterView;
 use crate::constants::{
-    CONTROLLER_GROUP_ID, PARTITION_PRODUCER_WAIT_POLL_MS, PARTITION_PROPOSE_TIMEOUT_DEFAULT_MS,
+    CONTROLLER_GROUP_ID, LEADER_BALANCE_INTERVAL_MS, PARTITION_PRODUCER_WAIT_POLL_MS,
+    PARTITION_PROPOSE_TIMEOUT_DEFAULT_MS,
 };
 use crate::metadata::{ClusterMetadata, TopicMeta};
 use crate::shard::{batch_error, storage_error, ProduceItem, ProduceResult, Shard};
@@ -133,9 +134,13 @@ pub struct ReplicaManager {
 fn partition_raft_config(election_timeout_ms: u64) -> anyhow::Result<Arc<Config>> {
     let config = Config {
         cluster_name: "rmq-partition".to_string(),
-        heartbeat_interval: (election_timeout_ms / 5).max(10),
-        election_timeout_min: election_timeout_ms,
-        election_timeout_max: election_timeout_ms * 2,
+        // A follower campaigns after a random T/2..T without a heartbeat; openraft grants
+        // votes once the old leader's lease (election_timeout_max = T) ran out, so a dead
+        // leader is replaced about T to 2T after its last heartbeat. Heartbeats every T/10
+        // leave five of them per shortest timeout on a busy shard.
+        heartbeat_interval: (election_timeout_ms / 10).max(5),
+        election_timeout_min: (election_timeout_ms / 2).max(10),
+        election_timeout_max: election_timeout_ms.max(20),
         // The log is the data: a snapshot could not carry it, and purging would let a lagging
         // follower need one. Entries leave the log only with the partition.
         snapshot_policy: SnapshotPolicy::Never,
@@ -316,6 +321,46 @@ impl ReplicaManager {
             warn!(%error, topic = %replica.partition.topic, "partition Raft shutdown failed");
         }
         self.view.remove_replica(&replica.partition);
+    }
+
+    /// Hands leadership back to preferred leaders (the first replica of each partition, chosen
+    /// at placement so that leaders spread over the nodes) once they have caught up: after a
+    /// failover the survivors lead everything, and the restarted node would otherwise serve
+    /// nothing. Runs every `LEADER_BALANCE_INTERVAL_MS`, as Redpanda's leader balancer does.
+    pub async fn balance_leaders(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(LEADER_BALANCE_INTERVAL_MS)).await;
+            let replicas: Vec<Rc<Replica>> = self.replicas.borrow().values().cloned().collect();
+            for replica in replicas {
+                let Some(&preferred) = replica.replicas.first() else {
+                    continue;
+                };
+                if preferred == self.node_id || replica.serving_term().is_err() {
+                    continue;
+                }
+                let caught_up = {
+                    let metrics = replica.raft.metrics();
+                    let m = metrics.borrow_watched();
+                    let last = m.last_log_index;
+                    m.replication.as_ref().is_some_and(|replication| {
+                        replication
+                            .get(&node_u64(preferred))
+                            .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last)
+                    })
+                };
+                if caught_up {
+                    info!(topic = %replica.partition.topic, partition = replica.partition.partition, to = preferred, "handing leadership back to the preferred replica");
+                    if let Err(error) = replica
+                        .raft
+                        .trigger()
+                        .transfer_leader(node_u64(preferred))
+                        .await
+                    {
+                        warn!(%error, "leadership transfer failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Stops every group (node shutdown), before the logs close.

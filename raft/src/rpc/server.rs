@@ -37,6 +37,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 
 /// Routes a request to the Raft group it names.
@@ -152,8 +153,11 @@ impl RpcServer {
         dispatcher: Rc<dyn Dispatcher>,
         filter: Option<LinkFilter>,
     ) -> io::Result<RpcServer> {
-        let listener =
-            TcpListener::bind(addr).map_err(|error| io::Error::other(error.to_string()))?;
+        // Bound without SO_REUSEPORT (glommio's `TcpListener::bind` sets it): a second process
+        // asking for the same port must fail with "address in use", not silently share it.
+        let exclusive = std::net::TcpListener::bind(addr)?;
+        // SAFETY: `into_raw_fd` hands over a bound, listening socket that nothing else owns.
+        let listener = unsafe { TcpListener::from_raw_fd(exclusive.into_raw_fd()) };
         let local_addr = listener
             .local_addr()
             .map_err(|error| io::Error::other(error.to_string()))?;

@@ -75,7 +75,8 @@ def consume_to_end(bootstrap, topic, partitions, timeout_s=120):
 
 def partition_metadata(b, topic):
     """Metadata v7 for `topic` from exactly node b: (broker ids, topic error,
-    {partition: {"error", "leader", "epoch", "replicas", "isr"}}). Never auto-creates."""
+    {partition: {"error", "leader", "epoch", "replicas" (sorted), "isr", "preferred" (the
+    first replica: the leader the broker hands leadership back to)}}). Never auto-creates."""
     with RawConn(b.host, b.port) as conn:
         resp = conn.request(MetadataRequest[7](topics=[topic], allow_auto_topic_creation=False))
     brokers = sorted(broker[0] for broker in resp.brokers)
@@ -83,12 +84,13 @@ def partition_metadata(b, topic):
     parts = {}
     for p_error, partition, leader, epoch, replicas, isr, _offline in partitions:
         parts[partition] = {"error": p_error, "leader": leader, "epoch": epoch,
-                            "replicas": sorted(replicas), "isr": sorted(isr)}
+                            "replicas": sorted(replicas), "isr": sorted(isr),
+                            "preferred": replicas[0] if replicas else None}
     return brokers, error, parts
 
 
 def agreed_partitions(nodes, topic, partitions, strict=False):
-    """{partition: {"leader", "epoch", "replicas"}} if every node in `nodes` reports `topic`
+    """{partition: {"leader", "epoch", "replicas", "preferred"}} if every node in `nodes` reports `topic`
     with `partitions` partitions, each with REPLICATION_FACTOR replicas (the same everywhere)
     and a leader among them, the leader in the ISR, and the nodes hosting a replica (leader
     epoch >= 0) agree on leader and epoch with no error; else None. A node hosting no
@@ -120,7 +122,8 @@ def agreed_partitions(nodes, topic, partitions, strict=False):
             if v[p]["leader"] not in replicas or v[p]["leader"] not in isr \
                     or not set(isr) <= set(replicas) or (strict and isr != replicas):
                 return None
-        agreed[p] = {"leader": leader, "epoch": epoch, "replicas": list(replicas)}
+        agreed[p] = {"leader": leader, "epoch": epoch, "replicas": list(replicas),
+                     "preferred": views[0][p]["preferred"]}
     return agreed
 
 

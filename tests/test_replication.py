@@ -26,7 +26,7 @@ from replication_util import (ProduceStream, TermWatcher, agreed_partitions, cau
                               partition_metadata, post_json, replica_states,
                               try_replica_states)
 
-# Shorter than the default 1000 ms so the kill cycles fit CI; heartbeats every 100 ms.
+# Shorter than the default 1000 ms so the kill cycles fit CI.
 ELECTION_TIMEOUT_MS = 500
 REPLICATION_ARGS = ["--raft-election-timeout-ms", str(ELECTION_TIMEOUT_MS)]
 KILL_CYCLES = int(os.environ.get("RMQ_REPL_KILL_CYCLES", "10"))
@@ -108,22 +108,26 @@ def test_rf3_topic_same_replicas_and_leader_everywhere_rf4_refused(broker_factor
         assert part["replicas"] == [1, 2, 3], part
         assert part["epoch"] >= 1, "leader epoch is the Raft term: %s" % part
     # Every node hosts a replica of every partition; the leader's own entry is the one
-    # Metadata names, in the term Metadata gives as leader epoch.
+    # Metadata names, in the term Metadata gives as leader epoch (asked again each time: the
+    # broker may hand leadership to the preferred replica meanwhile).
     def statuses_agree():
+        parts = agreed_partitions(nodes, topic, 3, strict=True)
+        if parts is None:
+            return None
         states = {b.rmq_node_id: replica_states(b, topic) for b in nodes}
         for p, part in parts.items():
             for node_id, mine in states.items():
                 if p not in mine or sorted(mine[p]["replicas"]) != [1, 2, 3]:
-                    return False
+                    return None
                 entry = mine[p]
                 if node_id == part["leader"]:
                     if entry["role"] != "Leader" or entry["term"] != part["epoch"]:
-                        return False
+                        return None
                 elif entry["role"] != "Follower" or entry["leader"] != part["leader"]:
-                    return False
-        return True
-    wait_until(statuses_agree, CATCH_UP_TIMEOUT_S, interval_s=0.2,
-               msg="every node's /v1/cluster agreeing with Metadata on roles and terms")
+                    return None
+        return parts
+    parts = wait_until(statuses_agree, CATCH_UP_TIMEOUT_S, interval_s=0.2,
+                       msg="every node's /v1/cluster agreeing with Metadata on roles and terms")
     # acks=all records, consumed from the leaders.
     records = [(b"k%d" % i, b"v%d" % i) for i in range(600)]
     delivered = []
@@ -134,7 +138,9 @@ def test_rf3_topic_same_replicas_and_leader_everywhere_rf4_refused(broker_factor
         assert [(o, k, v) for o, k, v, _ in got[p]] == \
             sorted((o, k, v) for q, o, k, v in delivered if q == p), "partition %d" % p
     # A follower answers Produce with NOT_LEADER_OR_FOLLOWER.
-    follower = next(b for b in nodes if b.rmq_node_id != parts[0]["leader"])
+    # (Neither the leader nor the preferred replica, which leadership may move to.)
+    follower = next(b for b in nodes
+                    if b.rmq_node_id not in (parts[0]["leader"], parts[0]["preferred"]))
     with RawConn(follower.host, follower.port) as conn:
         resp = conn.produce(topic, 0, build_record_batch([(None, b"to-a-follower")]), acks=-1)
     assert resp["error_code"] == NOT_LEADER_OR_FOLLOWER, resp
@@ -151,7 +157,6 @@ def test_rf3_topic_same_replicas_and_leader_everywhere_rf4_refused(broker_factor
     assert post_json(nodes[0], "/v1/debug/rpc/heal", None)[0] == 404
 
 
-@pytest.mark.xfail(strict=True, reason="rmq topic create has no -r/--replication-factor yet")
 @pytest.mark.timeout(120)
 def test_rmq_topic_create_with_replication_factor_3(broker_factory):
     cluster = replicated_cluster(broker_factory)
@@ -282,11 +287,16 @@ def test_an_isolated_leader_acknowledges_nothing(broker_factory):
         status, _ = post_json(old, "/v1/debug/rpc/heal", None)
         assert 200 <= status < 300, status
 
+        # (Or leads again in a later term: the broker hands leadership back to the preferred
+        # replica once it has caught up, which takes following the new leader first.)
         def old_follows():
             mine = (try_replica_states(old, topic) or {}).get(0)
-            return mine and mine["role"] == "Follower" and \
-                mine["leader"] in [b.rmq_node_id for b in peers] and \
-                mine["term"] >= new_entry["term"]
+            if not mine:
+                return False
+            if mine["role"] == "Leader":
+                return mine["term"] > new_entry["term"]
+            return mine["role"] == "Follower" and mine["term"] >= new_entry["term"] and \
+                mine["leader"] in [b.rmq_node_id for b in peers]
         wait_until(old_follows, CATCH_UP_TIMEOUT_S, interval_s=0.1,
                    msg="healed node %d following the new leader %d" % (
                        leader_id, new_node.rmq_node_id))
@@ -330,11 +340,25 @@ def test_a_restarted_follower_catches_up(broker_factory):
     other.kill9()
     values += produce(b"c", 100)
     # The old leader goes; `other` comes back without the c records, so only the caught-up
-    # follower can win the election and it serves everything.
-    leader.kill9()
-    Cluster.start(other)
-    new_leader = wait_leader(cluster, topic, 1, exclude=(leader.rmq_node_id,))
-    assert new_leader == follower.rmq_node_id
+    # follower can win the next election, and it serves everything. (The first term after
+    # the kill counts: leadership may later move to `other` as the preferred replica.)
+    term = max(e["term"] for b in (leader, follower)
+               for e in (try_replica_states(b, topic) or {}).values())
+    watcher = TermWatcher([follower, other], topic)
+    try:
+        leader.kill9()
+        Cluster.start(other)
+        def first_new_term():
+            with watcher.lock:
+                return min([t for (_p, t) in watcher.leaders if t > term], default=None)
+        first = wait_until(first_new_term, FAILOVER_TIMEOUT_S, interval_s=0.05,
+                           msg="a leader named after the kill")
+    finally:
+        watcher.stop()
+    with watcher.lock:
+        assert list(watcher.leaders[(0, first)]) == [follower.rmq_node_id], watcher.leaders
+    assert not watcher.conflicts(), watcher.conflicts()
+    wait_leader(cluster, topic, 1, exclude=(leader.rmq_node_id,))
     got = consume_to_end(cluster.bootstrap(), topic, 1)
     assert values_of(got[0]) == values
 

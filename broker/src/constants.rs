@@ -182,3 +182,16 @@ pub const PARTITION_PRODUCER_WAIT_POLL_MS: u64 = 1;
 /// How often a node hands leadership of partitions it leads back to their caught-up preferred
 /// replicas: 5 s (a handover costs clients one metadata refresh, so not more often).
 pub const LEADER_BALANCE_INTERVAL_MS: u64 = 5_000;
+
+/// The pseudo group id of leadership reports between nodes (`Forward` frames; never a Raft
+/// group: partition groups have the top bit set, the controller is 0).
+pub const LEADER_GOSSIP_GROUP_ID: u64 = 1;
+
+/// How often a node reports the partitions it leads to the other nodes: 250 ms.
+pub const LEADER_GOSSIP_INTERVAL_MS: u64 = 250;
+
+/// Partitions in one leadership report at most (16 bytes each: 1 MiB).
+pub const LEADER_GOSSIP_PARTITIONS_MAX: usize = 65_536;
+
+/// A reported leadership is trusted this long without a newer report: 2 s (eight reports).
+pub const LEADER_GOSSIP_TTL_MS: u64 = 2_000;

@@ -810,4 +810,54 @@ mod tests {
         // Partitions added in a cluster record their node; older ones are this node's too.
         assert_eq!(meta.partition_nodes, vec![4; 7]);
     }
+
+    #[test]
+    fn replicas_spread_over_the_least_loaded_brokers_with_leaders_rotating() {
+        let mut metadata = ClusterMetadata::default();
+        for node in 1..=4 {
+            metadata.brokers.insert(
+                node,
+                BrokerMeta {
+                    node_id: node,
+                    host: "127.0.0.1".to_string(),
+                    port: 9000 + node,
+                    rpc_addr: format!("127.0.0.1:{}", 7000 + node),
+                },
+            );
+        }
+        let mut meta = TopicMeta {
+            id: [3; 16],
+            partition_shards: vec![2, 1, 0, 1],
+            configs: Default::default(),
+            leader_epoch: 0,
+            log_start_offsets: Vec::new(),
+            partition_nodes: vec![1; 4],
+            partition_replicas: Vec::new(),
+        };
+        place_replicas(&metadata, &mut meta, 3);
+        assert_eq!(meta.partition_replicas.len(), 4);
+        let mut replica_counts = BTreeMap::new();
+        let mut leaders = BTreeSet::new();
+        for replicas in &meta.partition_replicas {
+            let distinct: BTreeSet<i32> = replicas.iter().copied().collect();
+            assert_eq!(distinct.len(), 3, "three distinct nodes: {replicas:?}");
+            for node in replicas {
+                *replica_counts.entry(*node).or_insert(0) += 1;
+            }
+            leaders.insert(replicas[0]);
+        }
+        // 12 replicas over 4 brokers: 3 each; the 4 preferred leaders are 4 different nodes.
+        assert_eq!(
+            replica_counts.values().copied().collect::<Vec<_>>(),
+            vec![3; 4]
+        );
+        assert_eq!(leaders.len(), 4);
+        assert_eq!(
+            meta.partition_shards,
+            vec![0; 4],
+            "replicated partitions live on shard 0"
+        );
+        let preferred: Vec<i32> = meta.partition_replicas.iter().map(|r| r[0]).collect();
+        assert_eq!(meta.partition_nodes, preferred);
+    }
 }

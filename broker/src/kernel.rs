@@ -22,6 +22,7 @@ use rmq_protocols::kernel::{
 use rmq_storage::validate_batches;
 
 use crate::budget::RequestPermit;
+use crate::cluster::replica;
 use crate::constants::{
     DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS, DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
     DEFAULT_OFFSETS_TOPIC_PARTITIONS, OFFSET_METADATA_MAX_BYTES,
@@ -279,9 +280,9 @@ impl Kernel for ShardKernel {
 
     /// A replicated partition: its replicas from the metadata; leader, epoch (the Raft term)
     /// and in-sync replicas from this node's replica when it hosts one. A node that hosts no
-    /// replica names the preferred leader with an unknown epoch (-1), so clients do not
-    /// prefer its guess over a hosting node's answer; a wrong guess costs one
-    /// NOT_LEADER_OR_FOLLOWER and a refresh.
+    /// replica names the leader the leader itself last reported (gossip), else the preferred
+    /// leader with an unknown epoch (-1), so clients do not prefer that guess over a hosting
+    /// node's answer; a wrong guess costs one NOT_LEADER_OR_FOLLOWER and a refresh.
     fn partition_state(&self, topic: &TopicInfo, partition: i32) -> PartitionState {
         let node_id = self.shard.config.node_id;
         let metadata = self.shard.metadata();
@@ -325,12 +326,22 @@ impl Kernel for ShardKernel {
                     in_sync,
                 }
             }
-            None => PartitionState {
-                leader: replicas.first().copied().unwrap_or(-1),
-                leader_epoch: -1,
-                in_sync: replicas.clone(),
-                replicas,
-            },
+            None => {
+                let reported = metadata.topics.get(&topic.name).and_then(|meta| {
+                    let view = self.shard.cluster_view.as_ref()?;
+                    view.remote_leader(replica::group_id(&meta.id, partition))
+                });
+                let (leader, leader_epoch) = match reported {
+                    Some((leader, term)) => (leader, i32::try_from(term).unwrap_or(i32::MAX)),
+                    None => (replicas.first().copied().unwrap_or(-1), -1),
+                };
+                PartitionState {
+                    leader,
+                    leader_epoch,
+                    in_sync: replicas.clone(),
+                    replicas,
+                }
+            }
         }
     }
 

@@ -493,6 +493,45 @@ mod tests {
     }
 
     #[test]
+    fn version_three_metadata_is_upgraded_and_replicas_place_partitions() {
+        let mut v3 = legacy::ClusterMetadataV3 {
+            version: 5,
+            cluster_id: "cluster-3".to_string(),
+            controller_applied_index: 17,
+            ..Default::default()
+        };
+        v3.topics.insert(
+            "orders".to_string(),
+            legacy::TopicMetaV3 {
+                id: [9; 16],
+                partition_shards: vec![0, 1],
+                configs: BTreeMap::new(),
+                leader_epoch: 0,
+                log_start_offsets: Vec::new(),
+                partition_nodes: vec![2, 3],
+            },
+        );
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&v3).expect("encode v3");
+        let mut bytes = METADATA_MAGIC_V3.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let mut upgraded = decode(&bytes).expect("v3 decodes");
+        assert_eq!(upgraded.controller_applied_index, 17);
+        assert_eq!(upgraded.topics["orders"].partition_nodes, vec![2, 3]);
+        assert!(!upgraded.topics["orders"].is_replicated());
+        // A replicated partition has a shard on each of its replicas, none elsewhere.
+        if let Some(topic) = upgraded.topics.get_mut("orders") {
+            topic.partition_replicas = vec![vec![2, 3, 4], vec![3, 4, 5]];
+        }
+        assert_eq!(upgraded.shard_of("orders", 0, 4, 2), Some(0));
+        assert_eq!(upgraded.shard_of("orders", 0, 5, 2), None);
+        assert_eq!(upgraded.shard_of("orders", 1, 5, 2), Some(1));
+        let round_trip = decode(&encode(&upgraded).expect("encode")).expect("decode");
+        assert_eq!(round_trip, upgraded);
+    }
+
+    #[test]
     fn version_two_metadata_is_upgraded_on_load() {
         let mut v2 = legacy::ClusterMetadataV2 {
             version: 4,

@@ -29,7 +29,7 @@ pub mod replica;
 pub mod state_machine;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -55,6 +55,7 @@ use crate::constants::{
     CONTROLLER_ELECTION_TIMEOUT_MAX_MS, CONTROLLER_ELECTION_TIMEOUT_MIN_MS,
     CONTROLLER_FORWARD_TIMEOUT_MS, CONTROLLER_GROUP_ID, CONTROLLER_HEARTBEAT_INTERVAL_MS,
     CONTROLLER_MERGE_POLL_MS, CONTROLLER_PROPOSE_TIMEOUT_MS, CONTROLLER_RETRY_INTERVAL_MS,
+    LEADER_GOSSIP_GROUP_ID, LEADER_GOSSIP_TTL_MS,
 };
 use crate::metadata::{BrokerMeta, ClusterMetadata, TopicMeta};
 use crate::shard::{now_ms, Shard};
@@ -85,6 +86,9 @@ pub struct ClusterView {
     pub election_timeout_ms: u64,
     /// `--fault-injection`: the RPC links the admin endpoint may cut; `None` without it.
     pub link_filter: Option<LinkFilter>,
+    /// Leaderships other nodes reported (`replica::ReplicaManager::gossip_leaders`): by
+    /// partition group id, the leader, its term and when it was heard.
+    remote_leaders: Mutex<HashMap<u64, (i32, u64, Instant)>>,
 }
 
 impl ClusterView {
@@ -100,7 +104,34 @@ impl ClusterView {
             replicas: Mutex::new(BTreeMap::new()),
             election_timeout_ms,
             link_filter,
+            remote_leaders: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records a leadership report of `node`: a report never replaces a newer term, and
+    /// entries not heard of for `LEADER_GOSSIP_TTL_MS` are dropped.
+    pub fn record_leaderships(&self, node: i32, leaderships: &[(u64, u64)]) {
+        let Ok(mut leaders) = self.remote_leaders.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let ttl = Duration::from_millis(LEADER_GOSSIP_TTL_MS);
+        leaders.retain(|_, (_, _, heard)| now.duration_since(*heard) <= ttl);
+        for (group, term) in leaderships {
+            match leaders.get(group) {
+                Some((_, known, _)) if known > term => {}
+                _ => {
+                    leaders.insert(*group, (node, *term, now));
+                }
+            }
+        }
+    }
+
+    /// The leader and term of partition group `group` as another node last reported them.
+    pub fn remote_leader(&self, group: u64) -> Option<(i32, u64)> {
+        let leaders = self.remote_leaders.lock().ok()?;
+        let (leader, term, heard) = leaders.get(&group)?;
+        (heard.elapsed() <= Duration::from_millis(LEADER_GOSSIP_TTL_MS)).then_some((*leader, *term))
     }
 
     pub fn set_replica(&self, partition: TopicPartition, status: ReplicaStatus) {
@@ -188,6 +219,18 @@ impl Dispatcher for ControllerDispatcher {
                     match node {
                         Some(node) if group_id == CONTROLLER_GROUP_ID => {
                             Ok(RpcResponse::Forward(node.serve_forward(&bytes).await))
+                        }
+                        Some(node) if group_id == LEADER_GOSSIP_GROUP_ID => {
+                            match replica::decode_leaderships(&bytes) {
+                                Some((from, leaderships)) => {
+                                    node.view.record_leaderships(from, &leaderships);
+                                    Ok(RpcResponse::Forward(Vec::new()))
+                                }
+                                None => Err(RpcFault::new(
+                                    FaultCode::BadRequest,
+                                    "malformed leadership report",
+                                )),
+                            }
                         }
                         _ => Err(RpcFault::new(
                             FaultCode::UnknownGroup,
@@ -368,6 +411,7 @@ impl ClusterNode {
             glommio::spawn_local(merge_loop(shard.clone(), Rc::downgrade(&node), changed)).detach(),
             glommio::spawn_local(status_loop(shard.clone(), Rc::downgrade(&node))).detach(),
             glommio::spawn_local(replicas.clone().balance_leaders()).detach(),
+            glommio::spawn_local(replicas.clone().gossip_leaders(shard.clone())).detach(),
             glommio::spawn_local(register(shard.clone(), Rc::downgrade(&node), rpc_addr)).detach(),
         ];
         *node.tasks.borrow_mut() = tasks;

@@ -17,7 +17,9 @@
 //!   commit (acks=1 is not weaker yet); acks=0 answers nothing.
 //! - Status: a task per replica copies its Raft metrics into the node's `ClusterView`
 //!   (`ReplicaStatus`), which every shard reads for Metadata (leader, term as leader epoch,
-//!   replicas, in-sync replicas) and the admin thread for `/v1/cluster`.
+//!   replicas, in-sync replicas) and the admin thread for `/v1/cluster`. Each node also tells
+//!   the others which partitions it leads (`gossip_leaders`), so a node hosting no replica of a
+//!   partition still names its leader.
 //!
 //! Concurrency contract: `ReplicaManager` and `Replica` are `!Send` and live on shard 0;
 //! `RefCell` borrows never span an await. Other shards reach a replica through the mesh (the
@@ -42,7 +44,8 @@ use tracing::{info, warn};
 
 use super::ClusterView;
 use crate::constants::{
-    CONTROLLER_GROUP_ID, LEADER_BALANCE_INTERVAL_MS, PARTITION_PRODUCER_WAIT_POLL_MS,
+    CONTROLLER_GROUP_ID, LEADER_BALANCE_INTERVAL_MS, LEADER_GOSSIP_GROUP_ID,
+    LEADER_GOSSIP_INTERVAL_MS, LEADER_GOSSIP_PARTITIONS_MAX, PARTITION_PRODUCER_WAIT_POLL_MS,
     PARTITION_PROPOSE_TIMEOUT_DEFAULT_MS,
 };
 use crate::metadata::{ClusterMetadata, TopicMeta};
@@ -101,6 +104,7 @@ pub fn group_id(topic_id: &[u8; 16], partition: i32) -> u64 {
     }
     let id = hash | (1 << 63);
     assert_ne!(id, CONTROLLER_GROUP_ID);
+    assert_ne!(id, LEADER_GOSSIP_GROUP_ID);
     id
 }
 
@@ -423,6 +427,85 @@ async fn publish_status(replica: std::rc::Weak<Replica>, view: Arc<ClusterView>)
     }
 }
 
+/// A leadership report: the sender's node id (i32 BE), then (group id u64 BE, term u64 BE)
+/// per partition it serves as leader.
+pub fn encode_leaderships(node_id: i32, leaderships: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + leaderships.len() * 16);
+    out.extend_from_slice(&node_id.to_be_bytes());
+    for (group, term) in leaderships {
+        out.extend_from_slice(&group.to_be_bytes());
+        out.extend_from_slice(&term.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes untrusted report bytes; `None` when malformed or too long.
+pub fn decode_leaderships(bytes: &[u8]) -> Option<(i32, Vec<(u64, u64)>)> {
+    let (node, rest) = bytes.split_first_chunk::<4>()?;
+    if rest.len() % 16 != 0 || rest.len() / 16 > LEADER_GOSSIP_PARTITIONS_MAX {
+        return None;
+    }
+    let pairs = rest
+        .chunks_exact(16)
+        .filter_map(|chunk| {
+            let (group, term) = chunk.split_at(8);
+            Some((
+                u64::from_be_bytes(group.try_into().ok()?),
+                u64::from_be_bytes(term.try_into().ok()?),
+            ))
+        })
+        .collect();
+    Some((i32::from_be_bytes(*node), pairs))
+}
+
+impl ReplicaManager {
+    /// Tells every other registered broker, every `LEADER_GOSSIP_INTERVAL_MS`, which partitions
+    /// this node serves as leader (and in which term): a node hosting no replica of a
+    /// partition then names its real leader in Metadata instead of a guess.
+    pub async fn gossip_leaders(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(LEADER_GOSSIP_INTERVAL_MS)).await;
+            let leaderships: Vec<(u64, u64)> = self
+                .replicas
+                .borrow()
+                .values()
+                .filter_map(|replica| {
+                    replica
+                        .serving_term()
+                        .ok()
+                        .map(|term| (replica.group_id, term))
+                })
+                .take(LEADER_GOSSIP_PARTITIONS_MAX)
+                .collect();
+            if leaderships.is_empty() {
+                continue;
+            }
+            let report = encode_leaderships(self.node_id, &leaderships);
+            let brokers = shard.metadata().brokers.clone();
+            for (node, broker) in brokers {
+                if node == self.node_id {
+                    continue;
+                }
+                let client = self.client.clone();
+                let report = report.clone();
+                // Fire and forget: a lost report is replaced by the next one.
+                glommio::spawn_local(async move {
+                    let _ = client
+                        .forward(
+                            node_u64(node),
+                            &broker.rpc_addr,
+                            LEADER_GOSSIP_GROUP_ID,
+                            report,
+                            Duration::from_millis(LEADER_GOSSIP_INTERVAL_MS * 4),
+                        )
+                        .await;
+                })
+                .detach();
+            }
+        }
+    }
+}
+
 fn idempotent_producers(headers: &[BatchHeader]) -> Vec<i64> {
     let mut ids: Vec<i64> = headers
         .iter()
@@ -658,4 +741,56 @@ fn split_batches(
         position = end;
     }
     Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leadership_reports_round_trip_and_reject_garbage() {
+        let pairs = vec![(group_id(&[7; 16], 0), 3), (group_id(&[7; 16], 1), 9)];
+        let bytes = encode_leaderships(2, &pairs);
+        assert_eq!(decode_leaderships(&bytes), Some((2, pairs)));
+        assert_eq!(
+            decode_leaderships(&encode_leaderships(5, &[])),
+            Some((5, vec![]))
+        );
+        assert_eq!(decode_leaderships(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_leaderships(&[0, 0, 1]), None);
+    }
+
+    #[test]
+    fn group_ids_differ_per_partition_and_never_hit_the_reserved_ids() {
+        let a = group_id(&[1; 16], 0);
+        assert_ne!(a, group_id(&[1; 16], 1));
+        assert_ne!(a, group_id(&[2; 16], 0));
+        assert_eq!(a, group_id(&[1; 16], 0), "every node computes the same id");
+        assert!(a >> 63 == 1);
+    }
+
+    #[test]
+    fn a_leader_without_a_recent_quorum_does_not_serve() {
+        let mut status = ReplicaStatus {
+            replicas: vec![1, 2, 3],
+            leader: Some(1),
+            term: 4,
+            role: "Leader".to_string(),
+            committed_index: Some(10),
+            last_log_index: Some(10),
+            in_sync: vec![1, 2, 3],
+            quorum_acked_at: Some(Instant::now()),
+        };
+        assert_eq!(status.serving_leader(1, 1_000), Some(1));
+        assert_eq!(
+            status.serving_leader(2, 1_000),
+            Some(1),
+            "followers name the leader"
+        );
+        status.quorum_acked_at = Instant::now().checked_sub(Duration::from_millis(5_000));
+        assert_eq!(status.serving_leader(1, 1_000), None);
+        status.role = "Follower".to_string();
+        status.leader = None;
+        assert_eq!(status.serving_leader(1, 1_000), None);
+    }
 }

@@ -90,12 +90,12 @@ def partition_metadata(b, topic):
 
 
 def agreed_partitions(nodes, topic, partitions, strict=False):
-    """{partition: {"leader", "epoch", "replicas", "preferred"}} if every node in `nodes` reports `topic`
-    with `partitions` partitions, each with REPLICATION_FACTOR replicas (the same everywhere)
-    and a leader among them, the leader in the ISR, and the nodes hosting a replica (leader
-    epoch >= 0) agree on leader and epoch with no error; else None. A node hosting no
-    replica names a guess (the preferred leader) with epoch -1: only its replicas count.
-    `strict`: ISR = the replicas on every node."""
+    """{partition: {"leader", "epoch", "replicas", "preferred"}} if every node in `nodes`
+    reports `topic` with `partitions` partitions, each with REPLICATION_FACTOR replicas (the
+    same everywhere) and a leader among them, the leader in the ISR, and the nodes hosting a
+    replica (leader epoch >= 0) agree on leader and epoch with no error; else None. A node
+    hosting no replica may name a guess (the preferred leader, epoch -1) until it has heard a
+    leader's report. `strict`: every node names the same leader and epoch, ISR = replicas."""
     views = []
     for b in nodes:
         try:
@@ -121,6 +121,8 @@ def agreed_partitions(nodes, topic, partitions, strict=False):
             isr = v[p]["isr"]
             if v[p]["leader"] not in replicas or v[p]["leader"] not in isr \
                     or not set(isr) <= set(replicas) or (strict and isr != replicas):
+                return None
+            if strict and (v[p]["leader"], v[p]["epoch"]) != (leader, epoch):
                 return None
         agreed[p] = {"leader": leader, "epoch": epoch, "replicas": list(replicas),
                      "preferred": views[0][p]["preferred"]}

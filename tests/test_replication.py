@@ -373,7 +373,9 @@ def test_a_fourth_node_joins_and_takes_replicas(broker_factory):
         assert [node_id for node_id, _, _ in node_metadata(b)[0]] == [1, 2, 3, 4]
     topic = unique_topic("four")
     create_replicated(cluster.bootstrap(), topic, 4)
-    parts = wait_replicated(cluster.running(), topic, 4)
+    # Each node hosts 3 of the 4 partitions; for the fourth it names the leader and term the
+    # leader reports, like the hosting nodes.
+    parts = wait_replicated(cluster.running(), topic, 4, strict=True)
     hosted = {node_id: sorted(p for p, part in parts.items() if node_id in part["replicas"])
               for node_id in cluster.nodes}
     assert all(len(ps) == 3 for ps in hosted.values()), hosted

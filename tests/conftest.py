@@ -113,6 +113,8 @@ class Broker(object):
         self._reader = None
         self.starts = 0
         self._killed = False
+        # Set (e.g. to self.port after a first start) to restart on the same Kafka port.
+        self.fixed_kafka_port = None
         os.makedirs(data_dir, exist_ok=True)
 
     # -- properties
@@ -129,7 +131,8 @@ class Broker(object):
 
     def args(self):
         args = [node_bin(), "--cores", str(self.cores), "--data-dir", self.data_dir,
-                "--kafka-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
+                "--kafka-addr", "127.0.0.1:%d" % (self.fixed_kafka_port or 0),
+                "--mqtt-addr", "127.0.0.1:0",
                 "--mqtt-ws-addr", "127.0.0.1:0",
                 "--admin-addr", "127.0.0.1:0", "--log-level", "info"]
         if self.node_id is not None:

@@ -389,3 +389,51 @@ def test_a_fourth_node_joins_and_takes_replicas(broker_factory):
     got = consume_to_end(cluster.bootstrap(), topic, 4)
     for p in range(4):
         assert values_of(got[p]) == [v for _, v in records[p::4]], "partition %d" % p
+
+
+@pytest.mark.timeout(300)
+def test_replicas_on_every_shard_of_two_core_nodes(broker_factory):
+    """With --cores 2 the partitions of a replicated topic spread over both shards of each
+    node; the RPC server on shard 0 hands shard 1's groups their Raft traffic over the mesh,
+    and a leader on shard 1 fails over like one on shard 0."""
+    def two_cores(**kwargs):
+        kwargs["cores"] = 2
+        return broker_factory(**kwargs)
+    cluster = replicated_cluster(two_cores)
+    nodes = list(cluster.nodes.values())
+    topic = unique_topic("shards")
+    create_replicated(cluster.bootstrap(), topic, 4)
+    wait_replicated(nodes, topic, 4, strict=True)
+    shards = {}
+    for b in nodes:
+        for entry in cluster_status(b)["partitions"]:
+            if entry["topic"] == topic:
+                shards.setdefault(entry["partition"], set()).add(entry["shard"])
+    assert sorted(shards) == [0, 1, 2, 3], shards
+    assert all(len(s) == 1 for s in shards.values()), "one shard index per partition: %s" % shards
+    assert {s.pop() for s in shards.values()} == {0, 1}, "both shards host partitions"
+    shard_of = {}
+    for entry in cluster_status(nodes[0])["partitions"]:
+        if entry["topic"] == topic:
+            shard_of[entry["partition"]] = entry["shard"]
+    on_shard_1 = min(p for p, s in shard_of.items() if s == 1)
+
+    def produce(prefix):
+        values = {}
+        for p in range(4):
+            values[p] = [b"%s-%d-%d" % (prefix, p, i) for i in range(50)]
+            produce_all(producer(cluster.bootstrap()), [(None, v) for v in values[p]], topic,
+                        partition=p)
+        return values
+
+    before = produce(b"a")
+    leader = wait_leader(cluster, topic, 4, partition=on_shard_1)
+    cluster.nodes[leader].kill9()
+    new_leader = wait_leader(cluster, topic, 4, partition=on_shard_1, exclude=(leader,))
+    assert new_leader != leader
+    after = produce(b"b")
+    Cluster.start(cluster.nodes[leader])
+    wait_replicated(cluster.running(), topic, 4)
+    got = consume_to_end(cluster.bootstrap(), topic, 4)
+    for p in range(4):
+        assert values_of(got[p]) == before[p] + after[p], "partition %d" % p

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
 use rmq_protocols::kafka::{serve_connection, ConnectionStats};
+use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
 use crate::constants::MAX_CONNECTIONS_PER_SHARD;
@@ -27,11 +27,7 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// connections its previous process left behind (TIME_WAIT, FIN_WAIT after a kill -9) still
 /// hold the port; accepted sockets inherit both.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;

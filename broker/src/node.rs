@@ -16,6 +16,7 @@ use rmq_protocols::kernel::{ConfigChange, KernelError, NodeInfo, TopicSpec};
 use tracing::{error, info, warn};
 
 use crate::admin_http;
+use crate::cluster::replica::ReplicaManager;
 use crate::cluster::{ClusterNode, ClusterView};
 use crate::config::NodeConfig;
 use crate::constants::{
@@ -30,7 +31,6 @@ use crate::metadata::{self, ClusterMetadata};
 use crate::metrics::ShardMetrics;
 use crate::mqtt;
 use crate::shard::{now_ms, spawn_mesh_receivers, Shard, ShardId, ShardOp};
-use crate::cluster::replica::ReplicaManager;
 use rmq_raft::rpc::{LinkFilter, RaftGroups, RpcClient};
 
 /// How long the node waits for every shard to recover its logs and bind its listeners.

@@ -23,10 +23,10 @@ use rmq_protocols::kernel::{
     Acks, AppendedRange, KernelError, NodeInfo, ReadInput, ReadOutput, TopicPartition,
     LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST, LIST_OFFSETS_MAX_TIMESTAMP,
 };
+use rmq_raft::rpc::{FaultCode, RpcFault, RpcRequest, RpcResponse};
 use rmq_storage::{
     AppendOutcome, BatchError, BatchHeader, LogManager, Offset, PartitionLog, StorageError,
 };
-use rmq_raft::rpc::{FaultCode, RpcFault, RpcRequest, RpcResponse};
 use tracing::{error, warn};
 
 use crate::budget::RequestBudget;
@@ -721,9 +721,11 @@ fn handle_op(shard: &Rc<Shard>, op: ShardOp) {
             request,
             reply,
         } => {
-            let served = shard.replicas.borrow().as_ref().map(|replicas| {
-                replicas.dispatch(group_id, request)
-            });
+            let served = shard
+                .replicas
+                .borrow()
+                .as_ref()
+                .map(|replicas| replicas.dispatch(group_id, request));
             glommio::spawn_local(async move {
                 let answer = match served {
                     Some(served) => served.await,

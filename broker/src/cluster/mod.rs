@@ -165,6 +165,7 @@ impl ClusterView {
                 json!({
                     "topic": partition.topic,
                     "partition": partition.partition,
+                    "shard": status.shard,
                     "replicas": status.replicas,
                     "in_sync": status.in_sync,
                     "leader": status.leader,

@@ -35,12 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_lite::future::BoxedLocal;
 use futures_lite::StreamExt;
 use openraft::error::ClientWriteError;
 use openraft::rt::WatchReceiver;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use rmq_protocols::kernel::{Acks, AppendedRange, KernelError, TopicPartition};
-use futures_lite::future::BoxedLocal;
 use rmq_raft::rpc::{Dispatcher, RaftGroups, RpcClient, RpcFault, RpcRequest, RpcResponse};
 use rmq_raft::{DigestStateMachine, PartitionLogStore, PartitionRaft, RecordBatch};
 use rmq_storage::{BatchHeader, Offset, PartitionLog};
@@ -60,6 +60,8 @@ pub type PartitionGroupRaft = Raft<PartitionRaft, DigestStateMachine>;
 /// One local replica as the node's `ClusterView` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaStatus {
+    /// The shard of this node hosting the replica.
+    pub shard: u16,
     pub replicas: Vec<i32>,
     /// The leader this replica knows of.
     pub leader: Option<i32>,
@@ -118,6 +120,7 @@ pub struct Replica {
     pub topic_id: [u8; 16],
     pub group_id: u64,
     pub replicas: Vec<i32>,
+    shard: u16,
     raft: PartitionGroupRaft,
     log: Rc<PartitionLog>,
     node_id: i32,
@@ -333,6 +336,7 @@ impl ReplicaManager {
             topic_id: topic.id,
             group_id,
             replicas: replicas.to_vec(),
+            shard: shard.id.0,
             raft,
             log,
             node_id: self.node_id,
@@ -442,6 +446,7 @@ async fn publish_status(replica: std::rc::Weak<Replica>, view: Arc<ClusterView>)
                 None => live.replicas.clone(),
             };
             ReplicaStatus {
+                shard: live.shard,
                 replicas: live.replicas.clone(),
                 leader,
                 term: m.current_term,
@@ -805,6 +810,7 @@ mod tests {
     #[test]
     fn a_leader_without_a_recent_quorum_does_not_serve() {
         let mut status = ReplicaStatus {
+            shard: 0,
             replicas: vec![1, 2, 3],
             leader: Some(1),
             term: 4,

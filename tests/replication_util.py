@@ -9,6 +9,7 @@ callbacks run on it); its records live in dicts guarded by `lock`, read by the t
 through the methods below."""
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -245,6 +246,8 @@ class ProduceStream(object):
                 "queue.buffering.max.messages": STREAM_MAX_IN_FLIGHT,
                 "error_cb": self._on_error}
         base.update(conf)
+        if os.environ.get("RMQ_LIBRDKAFKA_DEBUG"):
+            base["debug"] = os.environ["RMQ_LIBRDKAFKA_DEBUG"]
         self.producer = Producer(base)
         self.topic = topic
         self.partitions = partitions

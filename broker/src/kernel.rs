@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future;
+use futures_lite::future::BoxedLocal;
 use rmq_protocols::kernel::{
     Acks, AppendedRange, CommitOffsetsInput, CommittedOffset, ConfigChange, ConfigEntry,
     GroupDescription, GroupItemResults, GroupListing, JoinGroupInput, JoinGroupOutput, Kernel,
@@ -516,6 +517,17 @@ impl Kernel for ShardKernel {
         timeout_ms: u32,
         inputs: Vec<ProduceInput>,
     ) -> Vec<Result<AppendedRange, KernelError>> {
+        self.produce_submit(acks, timeout_ms, inputs).await.await
+    }
+
+    /// Local items are appended (or proposed) before this returns; items for other shards are
+    /// in those shards' mesh queues, which they serve in order.
+    async fn produce_submit(
+        &self,
+        acks: Acks,
+        timeout_ms: u32,
+        inputs: Vec<ProduceInput>,
+    ) -> BoxedLocal<Vec<Result<AppendedRange, KernelError>>> {
         let mut results: Vec<ProduceResult> = vec![Err(KernelError::ShuttingDown); inputs.len()];
         let mut routed = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
@@ -544,22 +556,24 @@ impl Kernel for ShardKernel {
                 Err(e) => indexes.iter().for_each(|i| results[*i] = Err(e.clone())),
             }
         }
-        if let Some((indexes, produced)) = local {
-            let outputs = produced.await;
-            for (index, output) in indexes.into_iter().zip(outputs) {
-                results[index] = output;
+        Box::pin(async move {
+            if let Some((indexes, produced)) = local {
+                let outputs = produced.await;
+                for (index, output) in indexes.into_iter().zip(outputs) {
+                    results[index] = output;
+                }
             }
-        }
-        for (indexes, receiver) in remote {
-            let outputs = receiver.recv_async().await.unwrap_or_default();
-            for (position, index) in indexes.into_iter().enumerate() {
-                results[index] = outputs
-                    .get(position)
-                    .cloned()
-                    .unwrap_or(Err(KernelError::ShuttingDown));
+            for (indexes, receiver) in remote {
+                let outputs = receiver.recv_async().await.unwrap_or_default();
+                for (position, index) in indexes.into_iter().enumerate() {
+                    results[index] = outputs
+                        .get(position)
+                        .cloned()
+                        .unwrap_or(Err(KernelError::ShuttingDown));
+                }
             }
-        }
-        results
+            results
+        })
     }
 
     async fn read(&self, inputs: Vec<ReadInput>) -> Vec<ReadOutput> {

@@ -8,6 +8,7 @@ use std::fmt;
 use std::future::Future;
 
 use bytes::Bytes;
+use futures_lite::future::BoxedLocal;
 
 /// One partition of one topic.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -443,6 +444,21 @@ pub trait Kernel {
         timeout_ms: u32,
         inputs: Vec<ProduceInput>,
     ) -> impl Future<Output = Vec<Result<AppendedRange, KernelError>>>;
+    /// `produce` in two steps, so that a connection can pipeline produce requests: the
+    /// returned future resolves once every input is submitted (appended, or proposed to its
+    /// Raft group, in input order; a later call submits after it), to the answers' future,
+    /// which borrows nothing. The default submits and answers in one step.
+    fn produce_submit(
+        &self,
+        acks: Acks,
+        timeout_ms: u32,
+        inputs: Vec<ProduceInput>,
+    ) -> impl Future<Output = BoxedLocal<Vec<Result<AppendedRange, KernelError>>>> {
+        async move {
+            let results = self.produce(acks, timeout_ms, inputs).await;
+            Box::pin(std::future::ready(results)) as BoxedLocal<_>
+        }
+    }
     /// Reads stored batches; answers in input order.
     fn read(&self, inputs: Vec<ReadInput>) -> impl Future<Output = Vec<ReadOutput>>;
     /// Resolves when any of the partitions has data at or past its offset, or after `timeout_ms`.

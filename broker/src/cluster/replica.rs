@@ -11,11 +11,15 @@
 //!   names (the preferred leader, the first replica, initializes the membership once) and stops
 //!   the groups of deleted or recreated topics before their logs are removed.
 //! - Produce: only the leader that heard from a quorum within an election timeout proposes;
-//!   anything else answers NOT_LEADER_OR_FOLLOWER so the client refreshes its metadata. A
-//!   batch's idempotent sequence is checked against the log before it is proposed; one
-//!   producer's batches are proposed one at a time (a retry waits for the proposal it repeats),
+//!   anything else answers NOT_LEADER_OR_FOLLOWER before proposing, so the client refreshes
+//!   its metadata, and so does a proposal Raft refused or truncated (it is not written). A
+//!   batch's idempotent sequence is checked against the log before it is proposed; produce
+//!   requests check and submit in arrival order (a FIFO turn, so a connection's pipelined
+//!   requests keep their order); one producer's batches are proposed one at a time (a retry
+//!   waits for the proposal it repeats),
 //!   so the log never meets a duplicate. A retry of a batch already in the log is answered
-//!   with its offsets once they are committed. acks=all and acks=1 answer after the quorum
+//!   with its offsets once they are committed, or with NOT_LEADER_OR_FOLLOWER once a new
+//!   leader truncated it (`wait_fate`). acks=all and acks=1 answer after the quorum
 //!   commit (acks=1 is not weaker yet); acks=0 answers nothing.
 //! - Status: a task per replica copies its Raft metrics into the node's `ClusterView`
 //!   (`ReplicaStatus`), which every shard reads for Metadata (leader, term as leader epoch,
@@ -127,6 +131,8 @@ pub struct Replica {
     election_timeout_ms: u64,
     /// Proposals Raft has not answered yet, per idempotent producer id.
     in_flight: RefCell<HashMap<i64, usize>>,
+    /// One produce at a time checks and submits its batches, in arrival order.
+    propose_turn: glommio::sync::Semaphore,
     status_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
     stopped: Cell<bool>,
 }
@@ -342,6 +348,7 @@ impl ReplicaManager {
             node_id: self.node_id,
             election_timeout_ms: self.election_timeout_ms,
             in_flight: RefCell::new(HashMap::new()),
+            propose_turn: glommio::sync::Semaphore::new(1),
             status_task: RefCell::new(None),
             stopped: Cell::new(false),
         });
@@ -575,6 +582,12 @@ impl Drop for InFlight {
     }
 }
 
+/// A proposal Raft refused or dropped. Both cases mean the records were not written, which
+/// NOT_LEADER_OR_FOLLOWER tells the client (an idempotent producer then re-sends them, under
+/// a new epoch if librdkafka must): `ForwardToLeader` refuses before the entry is appended,
+/// and `LogEntryDiscarded` reports our entry (term, index) truncated by a new leader, whose
+/// log holds another entry at that index; Raft never truncates a committed entry and a log
+/// holds one entry per index, so the discarded one is not and will never be committed.
 fn write_error(error: &ClientWriteError<PartitionRaft>) -> KernelError {
     match error {
         ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_) => {
@@ -615,21 +628,31 @@ impl Replica {
         &self.log
     }
 
-    /// Waits until the log's committed end passes `last_offset` while this node leads in
-    /// `term` (a leader never loses entries of its own term, so they will commit or the term
-    /// ends).
-    async fn wait_committed(
+    /// Learns the fate of a retried batch this log already holds at `base..=last`: committed
+    /// (the commit point passed it and the producer state still places it there) or gone
+    /// (truncated by a new leader: NOT_LEADER_OR_FOLLOWER, the retry may go to the new
+    /// leader). Waits while neither is known; REQUEST_TIMED_OUT ("possibly persisted") at the
+    /// deadline. Leadership may move meanwhile: a follower's log learns commits too.
+    async fn wait_fate(
         &self,
-        last_offset: i64,
-        term: u64,
+        headers: &[BatchHeader],
+        base: i64,
+        last: i64,
         deadline: Instant,
     ) -> Result<(), KernelError> {
         loop {
-            if self.log.high_watermark().0 > last_offset {
+            let still_here = matches!(
+                self.log.check_sequence(headers),
+                Ok(Some((b, l))) if b.0 == base && l.0 == last
+            );
+            if !still_here {
+                return Err(KernelError::NotLeaderOrFollower);
+            }
+            if self.log.high_watermark().0 > last {
                 return Ok(());
             }
-            if self.serving_term()? != term {
-                return Err(KernelError::NotLeaderOrFollower);
+            if self.stopped.get() {
+                return Err(KernelError::RequestTimedOut);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -638,7 +661,7 @@ impl Replica {
             let slice = (deadline - now).min(Duration::from_millis(self.election_timeout_ms));
             futures_lite::future::or(
                 async {
-                    let _ = self.log.wait_for_data(Offset(last_offset)).await;
+                    let _ = self.log.wait_for_data(Offset(last)).await;
                 },
                 glommio::timer::sleep(slice),
             )
@@ -660,6 +683,13 @@ impl Replica {
         };
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let producers = idempotent_producers(&item.headers);
+        // Proposals leave in the order produce requests arrive (the semaphore is FIFO), so
+        // pipelined requests of one connection keep their order.
+        let turn = self
+            .propose_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| KernelError::NotLeaderOrFollower)?;
         // One proposal at a time per producer: a retry waits for the proposal it repeats.
         loop {
             self.serving_term()?;
@@ -675,14 +705,16 @@ impl Replica {
             }
             glommio::timer::sleep(Duration::from_millis(PARTITION_PRODUCER_WAIT_POLL_MS)).await;
         }
-        let term = self.serving_term()?;
+        self.serving_term()?;
         let log_start_offset = self.log.log_start_offset().0;
         if let Some((base, last)) = self
             .log
             .check_sequence(&item.headers)
             .map_err(storage_error)?
         {
-            self.wait_committed(last.0, term, deadline).await?;
+            drop(turn);
+            self.wait_fate(&item.headers, base.0, last.0, deadline)
+                .await?;
             return Ok(AppendedRange {
                 base_offset: base.0,
                 last_offset: last.0,
@@ -704,12 +736,14 @@ impl Replica {
             replica: self.clone(),
             producers,
         };
-        let raft = self.raft.clone();
         let (reply, answer) = flume::bounded(1);
+        // Submitted to Raft under the turn (the stream of answers comes later).
+        let submitted = self.raft.client_write_many(batches).await;
+        drop(turn);
         // Detached: the proposal stays counted until Raft answers it, even if the request
         // times out first (a retry must not propose the same batch again meanwhile).
         glommio::spawn_local(async move {
-            let outcome = match raft.client_write_many(batches).await {
+            let outcome = match submitted {
                 Err(fatal) => Err(KernelError::Storage(fatal.to_string())),
                 Ok(mut results) => {
                     let mut first = None;

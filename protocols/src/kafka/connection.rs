@@ -1,8 +1,11 @@
 //! One Kafka client connection: read a frame, reserve its memory, decode, dispatch, answer.
 //!
-//! Requests of one connection are handled strictly one after another, as Kafka's own broker
-//! does (it mutes a channel until the response is sent): ordering per connection is what
-//! idempotent producers and fetchers rely on. Bad input closes only this connection, logged
+//! Requests of one connection take effect in order, as with Kafka's own broker (it mutes a
+//! channel until the response is sent): ordering per connection is what idempotent producers
+//! and fetchers rely on. Produce requests are pipelined: each is submitted (its batches
+//! appended or proposed, in order) as it is read, and up to `PRODUCE_PIPELINE_DEPTH` wait for
+//! durability or a quorum at once; their responses go out in request order. Any other request
+//! waits until every earlier response is written. Bad input closes only this connection, logged
 //! once, and never panics: an oversized size prefix is refused before anything is allocated,
 //! garbage or truncated frames end the connection.
 
@@ -10,12 +13,13 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures_lite::future::BoxedLocal;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::codec::{peek_request_prefix, FRAME_SIZE_PREFIX_BYTES, REQUEST_HEADER_MIN_BYTES};
-use super::handlers::{self, DispatchError};
+use super::handlers::{self, DispatchError, Dispatched};
 use crate::kernel::Kernel;
 
 /// Counters one connection keeps; the broker aggregates them per shard.
@@ -27,7 +31,7 @@ pub struct ConnectionStats {
 }
 
 /// Why a connection ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The client closed the socket between requests.
     ClientClosed,
@@ -60,15 +64,43 @@ where
     reason
 }
 
-async fn serve_frames<K, S>(
+/// Produce requests one connection may have submitted and not yet answered: 16. librdkafka
+/// pipelines up to `max.in.flight` requests per broker (5 for an idempotent producer); each
+/// queued request keeps its memory permit until its response is written.
+const PRODUCE_PIPELINE_DEPTH: usize = 16;
+
+/// The Produce API key: the one request kind a connection pipelines.
+const PRODUCE_API_KEY: i16 = 0;
+
+/// What the reader hands the writer, in request order.
+enum Outgoing<P> {
+    /// A response to write once every earlier one is written.
+    Response {
+        answer: BoxedLocal<Result<Option<Bytes>, DispatchError>>,
+        api_key: i16,
+        request_bytes: usize,
+        started: Instant,
+        permit: P,
+    },
+    /// Signals the reader once every earlier response is written.
+    Barrier(flume::Sender<()>),
+}
+
+/// Reads requests and hands their responses to the writer (`write_responses`) in order.
+/// Produce requests are submitted (appended, or proposed to a Raft group) as they are read, so
+/// several can wait for durability or a quorum at once; any other request waits until every
+/// earlier response is written and is handled alone, so requests of one connection still take
+/// effect in order, as Kafka's broker guarantees by muting the channel.
+async fn read_requests<K, R>(
     kernel: &K,
-    stream: &mut S,
+    stream: &mut R,
     peer_host: &str,
     stats: &ConnectionStats,
+    outgoing: flume::Sender<Outgoing<K::RequestPermit>>,
 ) -> CloseReason
 where
     K: Kernel,
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
 {
     loop {
         let mut size_prefix = [0u8; FRAME_SIZE_PREFIX_BYTES];
@@ -107,26 +139,126 @@ where
             return CloseReason::BadRequest("request header too short".to_string());
         };
         let started = Instant::now();
-        let response = match handlers::dispatch(kernel, prefix, body.freeze(), peer_host).await {
+        let answer: BoxedLocal<Result<Option<Bytes>, DispatchError>> =
+            if prefix.api_key == PRODUCE_API_KEY {
+                match handlers::dispatch_submit(kernel, prefix, body.freeze(), peer_host).await {
+                    Ok(Dispatched::Pending(answer)) => answer,
+                    Ok(Dispatched::Done(frame)) => Box::pin(std::future::ready(Ok(frame))),
+                    Err(DispatchError::Refused(why)) => return CloseReason::BadRequest(why),
+                }
+            } else {
+                let (written, all_written) = flume::bounded(1);
+                if outgoing
+                    .send_async(Outgoing::Barrier(written))
+                    .await
+                    .is_err()
+                    || all_written.recv_async().await.is_err()
+                {
+                    return CloseReason::Io("the response writer stopped".to_string());
+                }
+                match handlers::dispatch(kernel, prefix, body.freeze(), peer_host).await {
+                    Ok(frame) => Box::pin(std::future::ready(Ok(frame))),
+                    Err(DispatchError::Refused(why)) => return CloseReason::BadRequest(why),
+                }
+            };
+        let response = Outgoing::Response {
+            answer,
+            api_key: prefix.api_key,
+            request_bytes: FRAME_SIZE_PREFIX_BYTES + size_bytes,
+            started,
+            permit,
+        };
+        if outgoing.send_async(response).await.is_err() {
+            return CloseReason::Io("the response writer stopped".to_string());
+        }
+    }
+}
+
+/// Writes the responses the reader hands over, in order; `Ok` once the reader is done and
+/// every response is written.
+async fn write_responses<K, W>(
+    kernel: &K,
+    stream: &mut W,
+    stats: &ConnectionStats,
+    outgoing: flume::Receiver<Outgoing<K::RequestPermit>>,
+) -> Result<(), CloseReason>
+where
+    K: Kernel,
+    W: AsyncWrite + Unpin,
+{
+    while let Ok(item) = outgoing.recv_async().await {
+        let (answer, api_key, request_bytes, started, permit) = match item {
+            Outgoing::Barrier(written) => {
+                let _ = written.try_send(());
+                continue;
+            }
+            Outgoing::Response {
+                answer,
+                api_key,
+                request_bytes,
+                started,
+                permit,
+            } => (answer, api_key, request_bytes, started, permit),
+        };
+        let response = match answer.await {
             Ok(response) => response,
-            Err(DispatchError::Refused(why)) => return CloseReason::BadRequest(why),
+            Err(DispatchError::Refused(why)) => return Err(CloseReason::BadRequest(why)),
         };
         kernel.observe_request(
-            prefix.api_key,
-            FRAME_SIZE_PREFIX_BYTES + size_bytes,
+            api_key,
+            request_bytes,
             response.as_ref().map_or(0, |frame| frame.len()),
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         );
         drop(permit);
         if let Some(frame) = response {
-            if let Err(e) = stream.write_all(&frame).await {
-                return CloseReason::Io(e.to_string());
-            }
+            stream
+                .write_all(&frame)
+                .await
+                .map_err(|e| CloseReason::Io(e.to_string()))?;
             stats
                 .bytes_out
                 .set(stats.bytes_out.get() + frame.len() as u64);
         }
     }
+    Ok(())
+}
+
+async fn serve_frames<K, S>(
+    kernel: &K,
+    stream: &mut S,
+    peer_host: &str,
+    stats: &ConnectionStats,
+) -> CloseReason
+where
+    K: Kernel,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (outgoing, incoming) = flume::bounded(PRODUCE_PIPELINE_DEPTH);
+    let (failed, failure) = flume::bounded(1);
+    let both = async {
+        // The reader drops its sender when it ends: the writer then finishes what is queued.
+        let read = read_requests(kernel, &mut reader, peer_host, stats, outgoing);
+        let write = async {
+            let written = write_responses(kernel, &mut writer, stats, incoming).await;
+            if let Err(reason) = &written {
+                let _ = failed.try_send(reason.clone());
+            }
+            written
+        };
+        let (reason, written) = futures_lite::future::zip(read, write).await;
+        written.err().unwrap_or(reason)
+    };
+    // A writer that fails (a bad response, a broken socket) ends the connection at once, even
+    // while the reader waits for the next request.
+    futures_lite::future::or(both, async {
+        failure
+            .recv_async()
+            .await
+            .unwrap_or(CloseReason::ClientClosed)
+    })
+    .await
 }
 
 /// Reads the 4-byte size prefix; `Ok(false)` on a clean end of stream before any byte.

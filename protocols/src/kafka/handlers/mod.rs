@@ -33,6 +33,7 @@ pub mod sync_group;
 mod tests;
 
 use bytes::Bytes;
+use futures_lite::future::BoxedLocal;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
@@ -131,14 +132,37 @@ fn respond<R: Encodable + HeaderVersion>(
         .map_err(|e| refused(format!("cannot encode response: {e}")))
 }
 
+/// What `dispatch_submit` made of a request.
+pub enum Dispatched {
+    /// Handled: its response frame (`None`: no response, Produce with acks=0).
+    Done(Option<Bytes>),
+    /// A produce request whose records are submitted (appended or proposed, in order); its
+    /// response frame comes from this future, which borrows nothing.
+    Pending(BoxedLocal<Result<Option<Bytes>, DispatchError>>),
+}
+
 /// Decodes the request in `body` and runs its handler; `Ok(None)` means no response is sent
 /// (Produce with acks=0).
 pub async fn dispatch<K: Kernel>(
     kernel: &K,
     prefix: RequestPrefix,
-    mut body: Bytes,
+    body: Bytes,
     peer_host: &str,
 ) -> Result<Option<Bytes>, DispatchError> {
+    match dispatch_submit(kernel, prefix, body, peer_host).await? {
+        Dispatched::Done(frame) => Ok(frame),
+        Dispatched::Pending(answer) => answer.await,
+    }
+}
+
+/// Like `dispatch`, but a Produce request is answered by a future returned once its records
+/// are submitted, so that the connection can read the next request meanwhile.
+pub async fn dispatch_submit<K: Kernel>(
+    kernel: &K,
+    prefix: RequestPrefix,
+    mut body: Bytes,
+    peer_host: &str,
+) -> Result<Dispatched, DispatchError> {
     let api_key = ApiKey::try_from(prefix.api_key)
         .map_err(|_| refused(format!("unknown api key {}", prefix.api_key)))?;
     let Some(support) = supported(api_key) else {
@@ -149,7 +173,7 @@ pub async fn dispatch<K: Kernel>(
         if api_key == ApiKey::ApiVersions {
             // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges; clients retry.
             return api_versions::unsupported_version_frame(prefix.correlation_id)
-                .map(Some)
+                .map(|frame| Dispatched::Done(Some(frame)))
                 .map_err(|e| refused(format!("cannot encode response: {e}")));
         }
         return Err(refused(format!(
@@ -167,17 +191,20 @@ pub async fn dispatch<K: Kernel>(
             .unwrap_or_default(),
         host: peer_host.to_string(),
     };
-    match api_key {
+    let done = match api_key {
         ApiKey::ApiVersions => respond(prefix, &api_versions::handle()),
         ApiKey::Metadata => respond(
             prefix,
             &metadata::handle(kernel, decode(&mut body, prefix)?, version).await,
         ),
         ApiKey::Produce => {
-            match produce::handle(kernel, decode(&mut body, prefix)?, version).await {
-                Some(response) => respond(prefix, &response),
-                None => Ok(None),
-            }
+            let submitted = produce::submit(kernel, decode(&mut body, prefix)?, version).await;
+            return Ok(Dispatched::Pending(Box::pin(async move {
+                match submitted.finish().await {
+                    Some(response) => respond(prefix, &response),
+                    None => Ok(None),
+                }
+            })));
         }
         ApiKey::Fetch => respond(
             prefix,
@@ -280,5 +307,6 @@ pub async fn dispatch<K: Kernel>(
             )
         }
         other => Err(refused(format!("api {other:?} has no handler"))),
-    }
+    };
+    done.map(Dispatched::Done)
 }

@@ -1,6 +1,7 @@
 //! Produce (key 0): append record batches; answer once each is as durable as `acks` asks.
 //! A request spanning partitions on several shards is split by the kernel and answered once.
 
+use futures_lite::future::BoxedLocal;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -18,6 +19,38 @@ pub async fn handle<K: Kernel>(
     request: ProduceRequest,
     version: i16,
 ) -> Option<ProduceResponse> {
+    submit(kernel, request, version).await.finish().await
+}
+
+/// A produce request whose records are submitted (appended or proposed, in order) and whose
+/// answer is still to come; it borrows nothing, so a connection can read the next request
+/// meanwhile.
+pub struct Submitted {
+    request: ProduceRequest,
+    slots: Vec<Slot>,
+    version: i16,
+    acks: Option<Acks>,
+    results: BoxedLocal<Vec<Result<AppendedRange, KernelError>>>,
+}
+
+impl Submitted {
+    /// The response once every record is as durable as `acks` asks; `None` for acks=0.
+    pub async fn finish(self) -> Option<ProduceResponse> {
+        let results = self.results.await;
+        if self.acks == Some(Acks::None) {
+            return None;
+        }
+        Some(build_response(
+            &self.request,
+            &self.slots,
+            &results,
+            self.version,
+        ))
+    }
+}
+
+/// Validates the request and submits its records; see `Submitted`.
+pub async fn submit<K: Kernel>(kernel: &K, request: ProduceRequest, version: i16) -> Submitted {
     let acks = match request.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
@@ -55,16 +88,19 @@ pub async fn handle<K: Kernel>(
     }
     let timeout_ms = u32::try_from(request.timeout_ms).unwrap_or(0);
     let results = if inputs.is_empty() {
-        Vec::new()
+        Box::pin(std::future::ready(Vec::new())) as BoxedLocal<_>
     } else {
         kernel
-            .produce(acks.unwrap_or(Acks::All), timeout_ms, inputs)
+            .produce_submit(acks.unwrap_or(Acks::All), timeout_ms, inputs)
             .await
     };
-    if acks == Some(Acks::None) {
-        return None;
+    Submitted {
+        request,
+        slots,
+        version,
+        acks,
+        results,
     }
-    Some(build_response(&request, &slots, &results, version))
 }
 
 enum Slot {

@@ -448,6 +448,8 @@ pub trait Kernel {
     /// returned future resolves once every input is submitted (appended, or proposed to its
     /// Raft group, in input order; a later call submits after it), to the answers' future,
     /// which borrows nothing. The default submits and answers in one step.
+    // Yielding a future is the point: the outer one is the submission, the inner the answer.
+    #[allow(clippy::async_yields_async)]
     fn produce_submit(
         &self,
         acks: Acks,

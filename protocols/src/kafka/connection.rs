@@ -4,7 +4,8 @@
 //! channel until the response is sent): ordering per connection is what idempotent producers
 //! and fetchers rely on. Produce requests are pipelined: each is submitted (its batches
 //! appended or proposed, in order) as it is read, and up to `PRODUCE_PIPELINE_DEPTH` wait for
-//! durability or a quorum at once; their responses go out in request order. Any other request
+//! durability or a quorum at once; their responses go out in request order (an idempotent
+//! producer's request is answered before the next is read: see `produce::submit`). Any other request
 //! waits until every earlier response is written. Bad input closes only this connection, logged
 //! once, and never panics: an oversized size prefix is refused before anything is allocated,
 //! garbage or truncated frames end the connection.

@@ -87,12 +87,25 @@ pub async fn submit<K: Kernel>(kernel: &K, request: ProduceRequest, version: i16
         }
     }
     let timeout_ms = u32::try_from(request.timeout_ms).unwrap_or(0);
+    let idempotent = inputs
+        .iter()
+        .any(|input| producer_id_of(&input.records) >= 0);
     let results = if inputs.is_empty() {
         Box::pin(std::future::ready(Vec::new())) as BoxedLocal<_>
     } else {
-        kernel
+        let answers = kernel
             .produce_submit(acks.unwrap_or(Acks::All), timeout_ms, inputs)
-            .await
+            .await;
+        if idempotent {
+            // An idempotent producer's requests are answered one at a time, as Kafka does:
+            // librdkafka bumps the producer epoch (and re-sends under new sequence numbers,
+            // past deduplication) when a later in-flight request is answered after an earlier
+            // one failed, which pipelining across a leader change makes likely.
+            let answered = answers.await;
+            Box::pin(std::future::ready(answered)) as BoxedLocal<_>
+        } else {
+            answers
+        }
     };
     Submitted {
         request,
@@ -101,6 +114,16 @@ pub async fn submit<K: Kernel>(kernel: &K, request: ProduceRequest, version: i16
         acks,
         results,
     }
+}
+
+/// The producer id of the first record batch in `records` (v2 layout: bytes 43..51), -1 when
+/// there is none or the bytes are too short (they are validated later).
+fn producer_id_of(records: &[u8]) -> i64 {
+    const PRODUCER_ID_AT: usize = 43;
+    records
+        .get(PRODUCER_ID_AT..PRODUCER_ID_AT + 8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(-1, i64::from_be_bytes)
 }
 
 enum Slot {

@@ -141,13 +141,7 @@ impl MemoryLog {
         &self,
         headers: &[BatchHeader],
     ) -> Result<Option<(Offset, Offset)>, StorageError> {
-        match self.state.borrow().producers.check_append(headers)? {
-            SequenceCheck::Fresh => Ok(None),
-            SequenceCheck::Duplicate {
-                base_offset,
-                last_offset,
-            } => Ok(Some((Offset(base_offset), Offset(last_offset)))),
-        }
+        self.state.borrow().producers.duplicate_of(headers)
     }
 
     pub(crate) fn append(

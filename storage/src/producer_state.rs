@@ -8,6 +8,7 @@
 use crate::batch::BatchHeader;
 use crate::constants::{PRODUCERS_MAX, PRODUCER_BATCHES_KEPT};
 use crate::error::StorageError;
+use crate::Offset;
 use std::collections::{HashMap, VecDeque};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +156,21 @@ impl ProducerStateManager {
             self.producers.remove(&producer_id);
         }
         assert!(self.producers.len() <= PRODUCERS_MAX);
+    }
+
+    /// `check_append` as the logs' `check_sequence` reports it: `None` to append, the
+    /// original (base, last) offsets for a retry.
+    pub(crate) fn duplicate_of(
+        &self,
+        headers: &[BatchHeader],
+    ) -> Result<Option<(Offset, Offset)>, StorageError> {
+        Ok(match self.check_append(headers)? {
+            SequenceCheck::Fresh => None,
+            SequenceCheck::Duplicate {
+                base_offset,
+                last_offset,
+            } => Some((Offset(base_offset), Offset(last_offset))),
+        })
     }
 
     /// Checks every batch of one append in order, as if the earlier ones were already recorded.

@@ -94,12 +94,18 @@ impl ReplicaStatus {
         if leader != node_id {
             return Some(leader);
         }
-        let fresh = self.quorum_acked_at.is_none_or(|at| {
-            at.elapsed()
-                <= Duration::from_millis(election_timeout_ms * STALE_LEADER_ELECTION_TIMEOUTS)
-        });
-        (self.role == "Leader" && fresh).then_some(leader)
+        (self.role == "Leader" && quorum_fresh(self.quorum_acked_at, election_timeout_ms))
+            .then_some(leader)
     }
+}
+
+/// The serving rule both the produce path (live metrics) and Metadata (the published status)
+/// apply: a leader serves while a quorum acknowledged it within `STALE_LEADER_ELECTION_TIMEOUTS`
+/// election timeouts (`None`: just elected, nothing acknowledged yet).
+fn quorum_fresh(acked_at: Option<Instant>, election_timeout_ms: u64) -> bool {
+    acked_at.is_none_or(|at| {
+        at.elapsed() <= Duration::from_millis(election_timeout_ms * STALE_LEADER_ELECTION_TIMEOUTS)
+    })
 }
 
 /// The Raft group id of a partition: FNV-1a over the topic id and partition, top bit set (the
@@ -608,10 +614,10 @@ impl Replica {
         let m = metrics.borrow_watched();
         let leads =
             m.state == ServerState::Leader && m.current_leader == Some(node_u64(self.node_id));
-        let fresh = m.last_quorum_acked.as_deref().is_none_or(|at| {
-            at.elapsed()
-                <= Duration::from_millis(self.election_timeout_ms * STALE_LEADER_ELECTION_TIMEOUTS)
-        });
+        let fresh = quorum_fresh(
+            m.last_quorum_acked.as_deref().copied(),
+            self.election_timeout_ms,
+        );
         if leads && fresh {
             Ok(m.current_term)
         } else {

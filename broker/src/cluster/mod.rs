@@ -76,7 +76,8 @@ const FORWARD_ERROR: u8 = 1;
 pub struct ClusterView {
     /// The controller leader's node id; -1 while there is none (or none known).
     controller_id: AtomicI32,
-    /// `/v1/cluster`'s body, refreshed by shard 0.
+    /// `/v1/cluster`'s body but "partitions", refreshed by shard 0 every
+    /// `CLUSTER_STATUS_REFRESH_MS`.
     status: Mutex<serde_json::Value>,
     /// The replicated partitions hosted here, as their Raft groups last reported.
     replicas: Mutex<BTreeMap<TopicPartition, ReplicaStatus>>,
@@ -184,11 +185,18 @@ impl ClusterView {
         self.controller_id.load(Ordering::Relaxed)
     }
 
+    /// `/v1/cluster`'s body: the last published node status with "partitions" read now, so
+    /// a replica that Metadata already reports is never missing from it.
     pub fn status(&self) -> serde_json::Value {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .map(|status| status.clone())
-            .unwrap_or_else(|_| json!({"error": "cluster status unavailable"}))
+            .unwrap_or_else(|_| json!({"error": "cluster status unavailable"}));
+        if let Some(body) = status.as_object_mut() {
+            body.insert("partitions".to_owned(), self.replicas_json(self.node_id));
+        }
+        status
     }
 
     fn publish(&self, controller_id: i32, status: serde_json::Value) {
@@ -860,7 +868,6 @@ impl ClusterNode {
             // Lags are known to the leader only; a follower reports its own progress.
             "lag_reported_by": if leader == Some(self.node_id) { "leader" } else { "follower" },
             "nodes": nodes,
-            "partitions": self.view.replicas_json(self.node_id),
         });
         (leader.unwrap_or(-1), status)
     }

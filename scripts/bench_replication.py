@@ -4,7 +4,7 @@ Starts three nodes (--cores 1 each, free ports, data dirs under target/, stopped
 even on failure; the tests' Broker/Cluster helpers), then in the same run:
 
   throughput  an RF1 and an RF3 topic with the same partitions; for each, confluent-kafka
-              produces --value-bytes values with acks=all (linger.ms=--linger-ms, at most
+              produces --value-bytes values with --acks (default all; linger.ms=--linger-ms, at most
               --max-outstanding unacknowledged records, explicit partitions round robin) for
               --seconds after a warm-up: msgs/s, MB/s, per-record latency (delivery report
               time - produce() time) p50/p99; --rounds rounds alternating RF1 and RF3 (this
@@ -21,7 +21,7 @@ so it cannot drive a cluster; this driver uses librdkafka through confluent-kafk
 
 Usage: bench_replication.py [--seconds S] [--rounds N] [--partitions N] [--value-bytes B]
        [--election-timeout-ms MS] [--failovers N] [--max-outstanding N] [--linger-ms MS]
-       [--stream-rate N] [--rmq-node PATH]
+       [--stream-rate N] [--acks all|1] [--rmq-node PATH]
 """
 
 import argparse
@@ -96,7 +96,7 @@ def wait_topic(cluster, topic, partitions, rf):
 
 
 def produce_for(bootstrap, topic, partitions, args):
-    """(records, seconds, latencies_s) of acks=all produce for args.seconds."""
+    """(records, seconds, latencies_s) of produce with args.acks for args.seconds."""
     latencies = []
     errors = []
     state = {"last_ack": None, "acked": 0}
@@ -110,7 +110,7 @@ def produce_for(bootstrap, topic, partitions, args):
         state["acked"] += 1
         state["last_ack"] = now
 
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": args.linger_ms,
+    p = Producer({"bootstrap.servers": bootstrap, "acks": args.acks, "linger.ms": args.linger_ms,
                   "queue.buffering.max.messages": args.max_outstanding,
                   "message.timeout.ms": 60000})
     padding = b"x" * max(0, args.value_bytes - SEND_TIME.size)
@@ -157,8 +157,8 @@ def bench_throughput(cluster, args):
                          "mb_s": n * args.value_bytes / elapsed_s / 1e6,
                          "p50_ms": percentile(latencies, 0.5) * 1000,
                          "p99_ms": percentile(latencies, 0.99) * 1000})
-    print("\nacks=all produce, %d partitions, %d-byte values, linger.ms=%d, <= %d outstanding, "
-          "%.0f s per run" % (args.partitions, args.value_bytes, args.linger_ms,
+    print("\nacks=%s produce, %d partitions, %d-byte values, linger.ms=%d, <= %d outstanding, "
+          "%.0f s per run" % (args.acks, args.partitions, args.value_bytes, args.linger_ms,
                               args.max_outstanding, args.seconds))
     print("%-6s %-4s %10s %10s %8s %9s %9s" % (
         "round", "RF", "records", "msgs/s", "MB/s", "p50 ms", "p99 ms"))
@@ -225,6 +225,8 @@ def main():
     ap.add_argument("--failovers", type=int, default=5)
     ap.add_argument("--max-outstanding", type=int, default=1000)
     ap.add_argument("--linger-ms", type=int, default=1)
+    ap.add_argument("--acks", choices=["all", "1"], default="all",
+                    help="of the throughput runs (the failover producer always uses all)")
     ap.add_argument("--stream-rate", type=int, default=1000,
                     help="records/s of the failover producer")
     ap.add_argument("--rmq-node", default=None, help="default: $RMQ_NODE_BIN or "
@@ -246,11 +248,11 @@ def main():
         wait_formed(cluster)
         rf1, rf3 = bench_throughput(cluster, args)
         failovers = bench_failover(cluster, args) if args.failovers > 0 else [float("nan")]
-        print("\nREADME: 3 nodes (--cores 1) on one %d-core machine, acks=all, %d partitions, "
+        print("\nREADME: 3 nodes (--cores 1) on one %d-core machine, acks=%s, %d partitions, "
               "%d-byte values, medians of %d runs: RF1 %.0f msgs/s p99 %.1f ms; RF3 %.0f msgs/s "
               "(x%.2f) p99 %.1f ms (x%.2f); kill -9 of a leader -> first ack %.0f ms median "
               "(%s; election timeout %d ms)" % (
-                  os.cpu_count(), args.partitions, args.value_bytes, args.rounds, rf1["msgs_s"],
+                  os.cpu_count(), args.acks, args.partitions, args.value_bytes, args.rounds, rf1["msgs_s"],
                   rf1["p99_ms"], rf3["msgs_s"], rf3["msgs_s"] / rf1["msgs_s"], rf3["p99_ms"],
                   rf3["p99_ms"] / rf1["p99_ms"], statistics.median(failovers),
                   ", ".join("%.0f" % ms for ms in failovers), args.election_timeout_ms))

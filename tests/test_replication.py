@@ -32,6 +32,7 @@ REPLICATION_ARGS = ["--raft-election-timeout-ms", str(ELECTION_TIMEOUT_MS)]
 KILL_CYCLES = int(os.environ.get("RMQ_REPL_KILL_CYCLES", "10"))
 
 NOT_LEADER_OR_FOLLOWER = 6
+REQUEST_TIMED_OUT = 7
 INVALID_REPLICATION_FACTOR = 38
 
 
@@ -307,6 +308,59 @@ def test_an_isolated_leader_acknowledges_nothing(broker_factory):
         watcher.stop()
     assert watcher.snapshots > 0
     assert not watcher.conflicts(), "two leaders in one term: %s" % watcher.conflicts()
+
+
+@pytest.mark.timeout(300)
+def test_acks_1_answers_at_the_leaders_append(broker_factory):
+    """acks=1 on a replicated partition is answered once the leader appended the batch, before
+    a quorum has it: with its followers cut off (and an election timeout long enough that it
+    still leads meanwhile), the leader acknowledges acks=1 at the next offset while the high
+    watermark stays put and acks=all gets no success. After healing, acks=all works again and
+    the committed records come back in order."""
+    cluster = Cluster(broker_factory, extra_args=["--raft-election-timeout-ms", "6000",
+                                                  "--fault-injection"], keep_kafka_ports=True)
+    wait_formed(cluster)
+    topic = unique_topic("acks1")
+    create_replicated(cluster.bootstrap(), topic, 1)
+    leader_id = wait_replicated(cluster.running(), topic, 1, strict=True)[0]["leader"]
+    leader = cluster.nodes[leader_id]
+    peers = [b.rmq_node_id for b in cluster.nodes.values() if b is not leader]
+    with RawConn(leader.host, leader.port, timeout=15) as conn:
+        first = conn.produce(topic, 0, build_record_batch([(None, b"all-healthy")]), acks=-1)
+        assert first["error_code"] == 0, first
+        healthy = conn.produce(topic, 0, build_record_batch([(None, b"one-healthy")]), acks=1)
+        assert healthy["error_code"] == 0, healthy
+        assert healthy["base_offset"] == first["base_offset"] + 1, (first, healthy)
+        committed_end = healthy["base_offset"] + 1
+        wait_until(lambda: conn.list_offsets(topic, 0)["offset"] == committed_end,
+                   CATCH_UP_TIMEOUT_S, interval_s=0.05,
+                   msg="the acks=1 record committed while the followers listen")
+
+        status, _ = post_json(leader, "/v1/debug/rpc/isolate", {"peers": peers})
+        assert 200 <= status < 300, status
+        isolated = conn.produce(topic, 0, build_record_batch([(None, b"one-isolated")]),
+                                acks=1, timeout_ms=3000)
+        assert isolated["error_code"] == 0, "acks=1 waited for followers: %s" % isolated
+        assert isolated["base_offset"] == committed_end, isolated
+        visible = conn.list_offsets(topic, 0)
+        assert visible["error_code"] != 0 or visible["offset"] == committed_end, \
+            "an uncommitted acks=1 record became visible: %s" % visible
+        quorum = conn.produce(topic, 0, build_record_batch([(None, b"all-isolated")]),
+                              acks=-1, timeout_ms=1000)
+        assert quorum["error_code"] in (NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT), \
+            "acks=all succeeded without followers: %s" % quorum
+    status, _ = post_json(leader, "/v1/debug/rpc/heal", None)
+    assert 200 <= status < 300, status
+    wait_replicated(cluster.running(), topic, 1)
+    after = [b"after-%d" % i for i in range(20)]
+    raw_produce_to_leader(list(cluster.nodes.values()), topic, after)
+    got = values_of(consume_to_end(cluster.bootstrap(), topic, 1)[0])
+    # The isolated leader's uncommitted records survive only if it kept leading (healed
+    # before the others elected a new leader): in order, once each, or not at all.
+    assert got[:2] == [b"all-healthy", b"one-healthy"], got
+    assert got[-len(after):] == after, got
+    middle = got[2:-len(after)]
+    assert middle in ([], [b"one-isolated"], [b"one-isolated", b"all-isolated"]), middle
 
 
 @pytest.mark.timeout(300)

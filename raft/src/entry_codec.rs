@@ -47,12 +47,26 @@ pub(crate) fn invalid_data(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
+/// Where the log store reports the offsets `(base, last)` an application entry got, once it is
+/// appended to this node's partition log (an acks=1 produce answers then, before the quorum).
+pub type AppendNotice = flume::Sender<(i64, i64)>;
+
 /// One Kafka RecordBatch v2, checked (framing, CRC, record count) when built: the payload of an
-/// application entry.
-#[derive(Clone, PartialEq, Eq)]
+/// application entry. The append notice is local to the proposing leader: it never travels
+/// (RPC carries the bytes) and is never stored.
+#[derive(Clone)]
 pub struct RecordBatch {
     bytes: Bytes,
+    pub(crate) appended: Option<AppendNotice>,
 }
+
+impl PartialEq for RecordBatch {
+    fn eq(&self, other: &RecordBatch) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for RecordBatch {}
 
 impl RecordBatch {
     /// Checks that `bytes` is exactly one valid v2 batch of at most `ENTRY_BYTES_MAX`.
@@ -64,12 +78,24 @@ impl RecordBatch {
                 headers.len()
             )));
         }
-        Ok(RecordBatch { bytes })
+        Ok(RecordBatch {
+            bytes,
+            appended: None,
+        })
+    }
+
+    /// This batch, reporting its offsets to `notice` once this node's log store appended it.
+    pub fn with_append_notice(mut self, notice: AppendNotice) -> RecordBatch {
+        self.appended = Some(notice);
+        self
     }
 
     /// A batch read back from the log (already checked by storage recovery).
     fn stored(bytes: Bytes) -> RecordBatch {
-        RecordBatch { bytes }
+        RecordBatch {
+            bytes,
+            appended: None,
+        }
     }
 
     pub fn bytes(&self) -> &Bytes {
@@ -106,14 +132,20 @@ impl fmt::Display for RecordBatch {
     }
 }
 
-/// The bytes to append for an entry's payload and their header. An application batch is
-/// moved, not copied, when nothing else holds its bytes.
-pub fn encode_payload(payload: PartitionPayload) -> io::Result<(BytesMut, BatchHeader)> {
+/// The bytes to append for an entry's payload, their header and the batch's append notice. An
+/// application batch is moved, not copied, when nothing else holds its bytes.
+pub fn encode_payload(
+    payload: PartitionPayload,
+) -> io::Result<(BytesMut, BatchHeader, Option<AppendNotice>)> {
+    let mut notice = None;
     let bytes = match payload {
-        PartitionPayload::Normal(batch) => batch
-            .bytes
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(shared.as_ref())),
+        PartitionPayload::Normal(batch) => {
+            notice = batch.appended;
+            batch
+                .bytes
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(shared.as_ref()))
+        }
         PartitionPayload::Blank => control_batch(CONTROL_TYPE_RAFT_BLANK, &[]),
         PartitionPayload::Membership(membership) => control_batch(
             CONTROL_TYPE_RAFT_MEMBERSHIP,
@@ -124,7 +156,7 @@ pub fn encode_payload(payload: PartitionPayload) -> io::Result<(BytesMut, BatchH
     if header.total_size_bytes() != bytes.len() {
         return Err(invalid_data("an entry is exactly one batch"));
     }
-    Ok((bytes, header))
+    Ok((bytes, header, notice))
 }
 
 /// The entry with `log_id` stored as `batch` (one whole batch, `header` parsed from it).

@@ -571,9 +571,13 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                     );
                 }
             }
-            let (bytes, header) = encode_payload(entry.payload)?;
+            let (bytes, header, notice) = encode_payload(entry.payload)?;
             let term = log_id.leader_id.term;
             let (base_offset, last) = self.append_batch(bytes, header, term).await?;
+            if let Some(notice) = notice {
+                // The proposer may have given up waiting: nobody to tell then.
+                let _ = notice.try_send((base_offset, last));
+            }
             self.shared
                 .index
                 .borrow_mut()

@@ -19,8 +19,10 @@
 //!   waits for the proposal it repeats),
 //!   so the log never meets a duplicate. A retry of a batch already in the log is answered
 //!   with its offsets once they are committed, or with NOT_LEADER_OR_FOLLOWER once a new
-//!   leader truncated it (`wait_fate`). acks=all and acks=1 answer after the quorum
-//!   commit (acks=1 is not weaker yet); acks=0 answers nothing.
+//!   leader truncated it (`wait_fate`). acks=all answers after the quorum commit; acks=1
+//!   answers once the leader's log store appended every batch (`RecordBatch::
+//!   with_append_notice`), before any follower has it (Kafka's acks=1: lost if the leader dies
+//!   before replicating); acks=0 answers nothing.
 //! - Status: a task per replica copies its Raft metrics into the node's `ClusterView`
 //!   (`ReplicaStatus`), which every shard reads for Metadata (leader, term as leader epoch,
 //!   replicas, in-sync replicas) and the admin thread for `/v1/cluster`. Each node also tells
@@ -727,7 +729,17 @@ impl Replica {
                 log_start_offset,
             });
         }
-        let batches = split_batches(&item.records, &item.headers)?;
+        let mut batches = split_batches(&item.records, &item.headers)?;
+        // acks=1: the log store reports each batch's offsets once this node appended it.
+        let (appended_tx, appended) = flume::bounded(batches.len());
+        if acks == Acks::Leader {
+            batches = batches
+                .into_iter()
+                .map(|batch| batch.with_append_notice(appended_tx.clone()))
+                .collect();
+        }
+        drop(appended_tx);
+        let batch_count = batches.len();
         let last_delta = item
             .headers
             .last()
@@ -786,17 +798,42 @@ impl Replica {
                 log_start_offset,
             });
         }
-        let waited = futures_lite::future::or(async { Some(answer.recv_async().await) }, async {
-            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-            None
-        })
+        let committed = async {
+            match answer.recv_async().await {
+                Err(_) => Err(KernelError::ShuttingDown),
+                Ok(outcome) => outcome.map(|(base, last_base)| (base, last_base + last_delta)),
+            }
+        };
+        // acks=1 answers at the local append; a batch Raft refused before appending never
+        // reports (its notice is dropped), and then the commit outcome answers.
+        let locally_appended = async {
+            let mut range: Option<(i64, i64)> = None;
+            for _ in 0..batch_count {
+                match appended.recv_async().await {
+                    Ok((base, last)) => {
+                        range = Some(range.map_or((base, last), |(first, _)| (first, last)));
+                    }
+                    Err(_) => futures_lite::future::pending::<()>().await,
+                }
+            }
+            match range {
+                Some(range) => Ok(range),
+                None => futures_lite::future::pending().await,
+            }
+        };
+        let answered = futures_lite::future::or(
+            async { Some(futures_lite::future::or(locally_appended, committed).await) },
+            async {
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                None
+            },
+        )
         .await;
-        match waited {
+        match answered {
             None => Err(KernelError::RequestTimedOut),
-            Some(Err(_)) => Err(KernelError::ShuttingDown),
-            Some(Ok(outcome)) => outcome.map(|(base, last_base)| AppendedRange {
+            Some(outcome) => outcome.map(|(base, last)| AppendedRange {
                 base_offset: base,
-                last_offset: last_base + last_delta,
+                last_offset: last,
                 log_start_offset,
             }),
         }

@@ -169,6 +169,50 @@ fn entries_are_record_batches_with_the_term_as_leader_epoch() {
 }
 
 #[test]
+fn an_append_notice_reports_the_offsets_the_batch_got_and_is_not_stored() {
+    run("append-notice", |dir| async move {
+        let log = open_log(&dir).await;
+        let mut store = PartitionLogStore::open(log.clone(), dir.clone())
+            .await
+            .expect("open");
+        let (notice, appended) = flume::bounded(2);
+        let tagged = |records, tag| {
+            let batch = RecordBatch::new(produced_batch(records, tag)).expect("valid batch");
+            PartitionPayload::Normal(batch.with_append_notice(notice.clone()))
+        };
+        let plain = RecordBatch::new(produced_batch(2, b'p')).expect("valid batch");
+        assert_eq!(
+            plain.clone().with_append_notice(notice.clone()),
+            plain,
+            "a notice does not change what the batch is"
+        );
+        append_durably(
+            &mut store,
+            vec![
+                entry(1, 0, PartitionPayload::Blank),
+                entry(1, 1, tagged(3, b'a')),
+                entry(1, 2, PartitionPayload::Normal(plain)),
+                entry(1, 3, tagged(1, b'b')),
+            ],
+        )
+        .await;
+        drop(notice);
+        let reported: Vec<(i64, i64)> = appended.drain().collect();
+        assert_eq!(
+            reported,
+            vec![(1, 3), (6, 6)],
+            "(base, last) per tagged batch"
+        );
+        for entry in read_all(&mut store).await {
+            if let PartitionPayload::Normal(batch) = entry.payload {
+                assert!(batch.appended.is_none(), "read back without a notice");
+            }
+        }
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn reopen_rebuilds_the_index_and_keeps_vote_committed_and_purge() {
     run("reopen", |dir| async move {
         let log = open_log(&dir).await;

@@ -219,9 +219,10 @@ def test_controller_leader_killed_new_one_elected_and_old_node_catches_up(broker
         assert (victim.rmq_node_id, victim.host, victim.port) in brokers
 
 
-def failed_start(args, timeout_s=60):
-    """Runs rmq-node with `args` (listeners on port 0) expecting it to exit with an error."""
-    out = subprocess.run([node_bin(), "--cores", "1", "--kafka-addr", "127.0.0.1:0",
+def failed_start(args, timeout_s=60, kafka_addr="127.0.0.1:0"):
+    """Runs rmq-node with `args` (other listeners on port 0) expecting it to exit with an
+    error."""
+    out = subprocess.run([node_bin(), "--cores", "1", "--kafka-addr", kafka_addr,
                           "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0",
                           "--admin-addr", "127.0.0.1:0", *args],
                          capture_output=True, timeout=timeout_s)
@@ -261,6 +262,15 @@ def test_bad_cluster_flags_and_data_dirs_stop_startup_with_a_clear_error(broker_
     wait_until(lambda: cluster_status(solo)["controller"] == 5, FORM_TIMEOUT_S, interval_s=0.1,
                msg="the only seed did not become the controller group's leader")
     assert node_metadata(solo)[1] == 5
+    # Ports a running node listens on are refused to a second node, not shared (the Kafka
+    # listener of each shard sets SO_REUSEPORT; only shards of one process may share it).
+    err = failed_start(["--data-dir", str(tmp_path / "kafka-clash")],
+                       kafka_addr="127.0.0.1:%d" % solo.port)
+    assert "cannot listen on 127.0.0.1:%d" % solo.port in err and "in use" in err, err
+    err = failed_start(["--data-dir", str(tmp_path / "rpc-clash"), "--node-id", "6",
+                        "--rpc-addr", "127.0.0.1:%d" % port, "--seeds", "6@127.0.0.1:%d" % port])
+    assert "--rpc-addr: cannot listen on 127.0.0.1:%d" % port in err and "in use" in err, err
+    assert node_metadata(solo)[1] == 5, "the refused nodes disturbed the running one"
     name = unique_topic("one")
     create_through(solo, name, 2, {})
     wait_topic_everywhere([solo], name, 2, {})

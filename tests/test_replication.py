@@ -491,3 +491,15 @@ def test_replicas_on_every_shard_of_two_core_nodes(broker_factory):
     got = consume_to_end(cluster.bootstrap(), topic, 4)
     for p in range(4):
         assert values_of(got[p]) == before[p] + after[p], "partition %d" % p
+
+    # Leader balancing: once the restarted node has caught up, the partitions it lost lead of
+    # go back to their preferred replica (first in Metadata's replicas), so every partition
+    # is led by its preferred replica again, spread over the three nodes.
+    def balanced():
+        parts = agreed_partitions(cluster.running(), topic, 4, strict=True)
+        if parts and all(parts[p]["leader"] == parts[p]["preferred"] for p in range(4)):
+            return parts
+        return None
+    parts = wait_until(balanced, CATCH_UP_TIMEOUT_S, interval_s=0.2,
+                       msg="every partition of %s led by its preferred replica" % topic)
+    assert len({parts[p]["leader"] for p in range(4)}) == 3, parts

@@ -42,7 +42,8 @@ use openraft::errors::{
 };
 use openraft::network::{RPCOption, RPCTypes};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::rt::{Mpsc, MpscReceiver, MpscSender, Oneshot, OneshotSender};
 use openraft::{AsyncRuntime, BasicNode, RaftNetworkFactory, RaftNetworkV2};
@@ -508,6 +509,24 @@ impl RaftNetworkV2<PartitionRaft> for RpcNetwork {
             .await?
         {
             RpcResponse::Vote(response) => Ok(response),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<PartitionRaft>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<PartitionRaft>, RPCError<PartitionRaft>> {
+        match self
+            .call(
+                &RpcRequest::TransferLeader(request),
+                &option,
+                RPCTypes::TransferLeader,
+            )
+            .await?
+        {
+            RpcResponse::TransferLeader(response) => Ok(response),
             other => Err(mismatched(&other)),
         }
     }

@@ -38,10 +38,13 @@ pub enum FrameKind {
     /// An embedder's request for whichever group's owner serves it (e.g. a write forwarded
     /// to a Raft leader); the payload is the embedder's own bytes, not rkyv.
     Forward = 6,
+    /// A leader handing its leadership to one node (`Raft::trigger().transfer_leader`).
+    TransferLeader = 7,
     VoteResponse = 0x82,
     AppendEntriesResponse = 0x84,
     InstallSnapshotResponse = 0x85,
     ForwardResponse = 0x86,
+    TransferLeaderResponse = 0x87,
     /// The request could not be served (unknown group, Raft error, undecodable request).
     Error = 0xff,
 }
@@ -55,10 +58,12 @@ impl FrameKind {
             4 => FrameKind::AppendEntries,
             5 => FrameKind::InstallSnapshot,
             6 => FrameKind::Forward,
+            7 => FrameKind::TransferLeader,
             0x82 => FrameKind::VoteResponse,
             0x84 => FrameKind::AppendEntriesResponse,
             0x85 => FrameKind::InstallSnapshotResponse,
             0x86 => FrameKind::ForwardResponse,
+            0x87 => FrameKind::TransferLeaderResponse,
             0xff => FrameKind::Error,
             _ => return None,
         })

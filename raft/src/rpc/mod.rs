@@ -3,8 +3,8 @@
 //! Wire format (`frame`): length-prefixed frames, `u32 length | u8 kind | u64 correlation id |
 //! u64 group id | u32 CRC32C(payload) | payload`, at most `RPC_FRAME_MAX_BYTES` after the
 //! length; payloads are our own rkyv structs (`wire`) for Vote / PreVote / AppendEntries /
-//! full-snapshot install and their responses, converted losslessly to and from openraft's
-//! types. A connection opens with `Hello` (protocol version, caller's node id).
+//! full-snapshot install / TransferLeader and their responses, converted losslessly to and
+//! from openraft's types. A connection opens with `Hello` (protocol version, caller's node id).
 //!
 //! - `server::RpcServer` accepts connections and hands (group id, request) to the embedder's
 //!   `Dispatcher` (`RaftGroups` for groups on the same executor); many requests per connection

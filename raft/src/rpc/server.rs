@@ -120,6 +120,11 @@ where
                     .await
                     .map(RpcResponse::InstallSnapshot)
                     .map_err(raft_fault),
+                RpcRequest::TransferLeader(request) => raft
+                    .handle_transfer_leader(request)
+                    .await
+                    .map(RpcResponse::TransferLeader)
+                    .map_err(raft_fault),
                 RpcRequest::Forward(_) => Err(RpcFault::new(
                     FaultCode::BadRequest,
                     "this node serves no forwarded requests",

@@ -1,4 +1,5 @@
-//! The RPC messages: openraft's Vote / AppendEntries / full-snapshot requests and responses as
+//! The RPC messages: openraft's Vote / AppendEntries / full-snapshot / TransferLeader requests
+//! and responses as
 //! our own rkyv structs (`Wire*`), so the bytes on the wire do not change when openraft's types
 //! do. Conversion is lossless both ways: every field openraft sends is carried (including the
 //! higher-vote, conflict and partial-success responses), entries carry their record-batch
@@ -17,7 +18,8 @@ use crate::{
 };
 use bytes::Bytes;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
 use openraft::type_config::alias::{CommittedLeaderIdOf, SnapshotMetaOf};
@@ -46,6 +48,7 @@ pub enum RpcRequest {
     },
     /// The embedder's own request bytes (see `FrameKind::Forward`), served by its dispatcher.
     Forward(Vec<u8>),
+    TransferLeader(TransferLeaderRequest<PartitionRaft>),
 }
 
 /// A served request's answer.
@@ -56,6 +59,7 @@ pub enum RpcResponse {
     InstallSnapshot(SnapshotResponse<PartitionRaft>),
     /// The embedder's own answer bytes to a `Forward` request.
     Forward(Vec<u8>),
+    TransferLeader(TransferLeaderResponse<PartitionRaft>),
 }
 
 /// Why a request was not served; sent back as an `Error` frame.
@@ -197,6 +201,26 @@ pub struct WireSnapshotRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct WireSnapshotResponse {
     pub vote: WireVote,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct WireTransferLeaderRequest {
+    pub from_leader: WireVote,
+    pub to_node_id: u64,
+    pub last_log_id: Option<WireLogId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum WireTransferLeaderResponse {
+    Accepted,
+    VoteChanged {
+        expected: WireVote,
+        actual: WireVote,
+    },
+    LogNotFlushed {
+        expected: Option<WireLogId>,
+        actual: Option<WireLogId>,
+    },
 }
 
 // ---- openraft <-> wire ----
@@ -398,6 +422,66 @@ pub fn append_response_from_wire(
     }
 }
 
+pub fn transfer_request_to_wire(
+    request: &TransferLeaderRequest<PartitionRaft>,
+) -> WireTransferLeaderRequest {
+    WireTransferLeaderRequest {
+        from_leader: vote_to_wire(request.from_leader()),
+        to_node_id: *request.to_node_id(),
+        last_log_id: request.last_log_id().map(log_id_to_wire),
+    }
+}
+
+pub fn transfer_request_from_wire(
+    request: &WireTransferLeaderRequest,
+) -> TransferLeaderRequest<PartitionRaft> {
+    TransferLeaderRequest::new(
+        vote_from_wire(&request.from_leader),
+        request.to_node_id,
+        opt_log_id_from_wire(&request.last_log_id),
+    )
+}
+
+pub fn transfer_response_to_wire(
+    response: &TransferLeaderResponse<PartitionRaft>,
+) -> WireTransferLeaderResponse {
+    match response {
+        Ok(()) => WireTransferLeaderResponse::Accepted,
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+            WireTransferLeaderResponse::VoteChanged {
+                expected: vote_to_wire(expected),
+                actual: vote_to_wire(actual),
+            }
+        }
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
+            WireTransferLeaderResponse::LogNotFlushed {
+                expected: opt_log_id_to_wire(expected),
+                actual: opt_log_id_to_wire(actual),
+            }
+        }
+    }
+}
+
+pub fn transfer_response_from_wire(
+    response: &WireTransferLeaderResponse,
+) -> TransferLeaderResponse<PartitionRaft> {
+    match response {
+        WireTransferLeaderResponse::Accepted => Ok(()),
+        WireTransferLeaderResponse::VoteChanged { expected, actual } => {
+            Err(TransferLeaderError::VoteChanged {
+                expected: vote_from_wire(expected),
+                actual: vote_from_wire(actual),
+            })
+        }
+        WireTransferLeaderResponse::LogNotFlushed { expected, actual } => {
+            Err(TransferLeaderError::LogNotFlushed {
+                expected: opt_log_id_from_wire(expected),
+                actual: opt_log_id_from_wire(actual),
+            })
+        }
+    }
+}
+
 pub fn snapshot_request_to_wire(
     vote: &PartitionVote,
     snapshot: &PartitionSnapshot,
@@ -471,6 +555,10 @@ pub fn encode_request(request: &RpcRequest) -> Result<(FrameKind, AlignedVec), W
             encode!(&snapshot_request_to_wire(vote, snapshot))?,
         ),
         RpcRequest::Forward(bytes) => (FrameKind::Forward, aligned(bytes)),
+        RpcRequest::TransferLeader(request) => (
+            FrameKind::TransferLeader,
+            encode!(&transfer_request_to_wire(request))?,
+        ),
     })
 }
 
@@ -501,6 +589,9 @@ pub fn decode_request(kind: FrameKind, bytes: &[u8]) -> Result<RpcRequest, WireE
             Ok(RpcRequest::InstallSnapshot { vote, snapshot })
         }
         FrameKind::Forward => Ok(RpcRequest::Forward(bytes.to_vec())),
+        FrameKind::TransferLeader => Ok(RpcRequest::TransferLeader(transfer_request_from_wire(
+            &decode!(WireTransferLeaderRequest, bytes)?,
+        ))),
         other => Err(WireError(format!("{other:?} is not a request"))),
     }
 }
@@ -525,6 +616,10 @@ pub fn encode_response(
             })?,
         ),
         Ok(RpcResponse::Forward(bytes)) => (FrameKind::ForwardResponse, aligned(bytes)),
+        Ok(RpcResponse::TransferLeader(response)) => (
+            FrameKind::TransferLeaderResponse,
+            encode!(&transfer_response_to_wire(response))?,
+        ),
         Err(fault) => (FrameKind::Error, encode!(fault)?),
     })
 }
@@ -549,6 +644,9 @@ pub fn decode_response(
             }))
         }
         FrameKind::ForwardResponse => Ok(RpcResponse::Forward(bytes.to_vec())),
+        FrameKind::TransferLeaderResponse => Ok(RpcResponse::TransferLeader(
+            transfer_response_from_wire(&decode!(WireTransferLeaderResponse, bytes)?),
+        )),
         FrameKind::Error => Err(decode!(RpcFault, bytes)?),
         other => return Err(WireError(format!("{other:?} is not a response"))),
     })

@@ -20,7 +20,8 @@ use futures_lite::io::Cursor;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError,
+    TransferLeaderRequest, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
 use openraft::type_config::alias::SnapshotMetaOf;
@@ -197,6 +198,26 @@ fn rpc_wire_round_trips_every_message() {
     response_round_trip(Ok(RpcResponse::InstallSnapshot(SnapshotResponse {
         vote: committed_vote,
     })));
+    for last_log_id in [None, Some(log_id)] {
+        let request = TransferLeaderRequest::new(committed_vote, 3, last_log_id);
+        match frame_round_trip(&RpcRequest::TransferLeader(request.clone())) {
+            RpcRequest::TransferLeader(decoded) => assert_eq!(decoded, request),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+    for response in [
+        Ok(()),
+        Err(TransferLeaderError::VoteChanged {
+            expected: committed_vote,
+            actual: vote,
+        }),
+        Err(TransferLeaderError::LogNotFlushed {
+            expected: Some(log_id),
+            actual: None,
+        }),
+    ] {
+        response_round_trip(Ok(RpcResponse::TransferLeader(response)));
+    }
     for code in [
         FaultCode::UnknownGroup,
         FaultCode::Raft,

@@ -68,10 +68,10 @@ pub struct Cli {
     /// Without --seeds the node runs alone, as a single-node cluster.
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     pub seeds: Option<String>,
-    /// Election timeout T of the partitions' Raft groups (replicated topics), in ms: a
-    /// follower that hears no leader for a random T/2..T starts an election, votes are granted
-    /// once the old leader's lease (T) ran out, heartbeats go every T/10; a dead leader is
-    /// replaced about T..2T after its last heartbeat. Default: 1000
+    /// Election timeout T of the partitions' Raft groups (replicated topics), in ms: a dead
+    /// leader is replaced within T of its last heartbeat (a follower that hears no leader for
+    /// a random T/4..T/2 campaigns; votes are granted once the old leader's lease, T/2, ran
+    /// out; heartbeats every T/10). Default: 1000
     #[arg(long, value_name = "MS")]
     pub raft_election_timeout_ms: Option<u64>,
     /// Test hook: admin HTTP POST /v1/debug/rpc/isolate {"peers": [ids]} cuts this node's

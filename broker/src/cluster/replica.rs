@@ -82,9 +82,6 @@ pub struct ReplicaStatus {
     pub quorum_acked_at: Option<Instant>,
 }
 
-/// A leader whose quorum stayed silent this long no longer serves (it may be partitioned
-/// away; the majority side elects another). Counted in election timeouts.
-const STALE_LEADER_ELECTION_TIMEOUTS: u64 = 1;
 /// A replica more entries behind than this is out of the in-sync set Metadata reports.
 const ISR_LAG_ENTRIES_MAX: u64 = 1_000;
 
@@ -101,12 +98,20 @@ impl ReplicaStatus {
     }
 }
 
+/// The leader lease of a partition group for `--raft-election-timeout-ms T`: T/2, openraft's
+/// `election_timeout_max`. Voters refuse candidates until it ran out since the leader last
+/// reached them, so a dead leader is replaced between T/2 and T after its last heartbeat.
+pub fn leader_lease_ms(election_timeout_ms: u64) -> u64 {
+    (election_timeout_ms / 2).max(20)
+}
+
 /// The serving rule both the produce path (live metrics) and Metadata (the published status)
-/// apply: a leader serves while a quorum acknowledged it within `STALE_LEADER_ELECTION_TIMEOUTS`
-/// election timeouts (`None`: just elected, nothing acknowledged yet).
+/// apply: a leader serves while a quorum acknowledged it within the leader lease (after that
+/// it may be partitioned away and the majority side may elect another); `None`: just elected,
+/// nothing acknowledged yet.
 fn quorum_fresh(acked_at: Option<Instant>, election_timeout_ms: u64) -> bool {
     acked_at.is_none_or(|at| {
-        at.elapsed() <= Duration::from_millis(election_timeout_ms * STALE_LEADER_ELECTION_TIMEOUTS)
+        at.elapsed() <= Duration::from_millis(leader_lease_ms(election_timeout_ms))
     })
 }
 
@@ -161,13 +166,15 @@ pub struct ReplicaManager {
 fn partition_raft_config(election_timeout_ms: u64) -> anyhow::Result<Arc<Config>> {
     let config = Config {
         cluster_name: "rmq-partition".to_string(),
-        // A follower campaigns after a random T/2..T without a heartbeat; openraft grants
-        // votes once the old leader's lease (election_timeout_max = T) ran out, so a dead
-        // leader is replaced about T to 2T after its last heartbeat. Heartbeats every T/10
-        // leave five of them per shortest timeout on a busy shard.
+        // A follower campaigns after a random T/4..T/2 without a heartbeat; openraft grants
+        // votes once the old leader's lease (election_timeout_max = T/2) ran out, so the first
+        // campaign is refused and the second, another T/4..T/2 later, wins: a dead leader is
+        // replaced between T/2 and T after its last heartbeat (with the lease at T, this took
+        // T..2T: 1.85 s median for T = 1 s). Heartbeats every T/10 leave five of them per
+        // lease on a busy shard.
         heartbeat_interval: (election_timeout_ms / 10).max(5),
-        election_timeout_min: (election_timeout_ms / 2).max(10),
-        election_timeout_max: election_timeout_ms.max(20),
+        election_timeout_min: (election_timeout_ms / 4).max(10),
+        election_timeout_max: leader_lease_ms(election_timeout_ms),
         // The log is the data: a snapshot could not carry it, and purging would let a lagging
         // follower need one. Entries leave the log only with the partition.
         snapshot_policy: SnapshotPolicy::Never,
@@ -902,6 +909,12 @@ mod tests {
             status.serving_leader(2, 1_000),
             Some(1),
             "followers name the leader"
+        );
+        status.quorum_acked_at = Instant::now().checked_sub(Duration::from_millis(700));
+        assert_eq!(
+            status.serving_leader(1, 1_000),
+            None,
+            "silent for longer than the lease (T/2)"
         );
         status.quorum_acked_at = Instant::now().checked_sub(Duration::from_millis(5_000));
         assert_eq!(status.serving_leader(1, 1_000), None);

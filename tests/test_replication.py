@@ -232,6 +232,29 @@ def raw_produce_to_leader(nodes, topic, values, timeout_s=FAILOVER_TIMEOUT_S):
             return resp
 
 
+def raw_entries_to_leader(nodes, topic, values, timeout_s=FAILOVER_TIMEOUT_S):
+    """Each of `values` as its own acks=all Produce (one batch, one Raft entry) to partition
+    0, in order, at the node among `nodes` that reports itself Leader (found again after
+    NOT_LEADER_OR_FOLLOWER: nothing was appended then). Returns the last leader."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(values)
+    while True:
+        leader = wait_until(lambda: leader_states(nodes, topic).get(0), timeout_s,
+                            msg="a leader among nodes %s" % [b.rmq_node_id for b in nodes])[0]
+        with RawConn(leader.host, leader.port, timeout=timeout_s) as conn:
+            while pending:
+                resp = conn.produce(topic, 0, build_record_batch([(None, pending[0])]),
+                                    acks=-1, timeout_ms=10000)
+                if resp["error_code"] == NOT_LEADER_OR_FOLLOWER and \
+                        time.monotonic() < deadline:
+                    break
+                assert resp["error_code"] == 0, "acks=all Produce to node %d: %s" % (
+                    leader.rmq_node_id, resp)
+                pending.pop(0)
+        if not pending:
+            return leader
+
+
 @pytest.mark.timeout(300)
 def test_an_isolated_leader_acknowledges_nothing(broker_factory):
     cluster = replicated_cluster(broker_factory, ["--fault-injection"])
@@ -382,6 +405,15 @@ def test_a_restarted_follower_catches_up(broker_factory):
     values = produce(b"a", 100)
     follower.kill9()
     values += produce(b"b", 3000)  # committed by the leader and `other`
+    # One entry per batch: 1,100 single-record batches put the dead follower more than
+    # ISR_LAG_ENTRIES_MAX (1,000) entries behind, and the leader's Metadata drops it from the
+    # in-sync replicas.
+    lagging = [b"isr-%d" % i for i in range(1100)]
+    current = raw_entries_to_leader([leader, other], topic, lagging)
+    values += lagging
+    isr = partition_metadata(current, topic)[2][0]["isr"]
+    assert isr == sorted([leader.rmq_node_id, other.rmq_node_id]), \
+        "ISR with node %d down 1,100 entries: %s" % (follower.rmq_node_id, isr)
     Cluster.start(follower)
 
     def same_as_leader():
@@ -392,6 +424,13 @@ def test_a_restarted_follower_catches_up(broker_factory):
             mine["last_log_index"] == lead["last_log_index"]
     wait_until(same_as_leader, CATCH_UP_TIMEOUT_S, interval_s=0.1,
                msg="restarted follower %d at the leader's committed index" % follower.rmq_node_id)
+    everyone = sorted(b.rmq_node_id for b in cluster.nodes.values())
+
+    def back_in_sync():
+        lead = leader_states(cluster.running(), topic).get(0)
+        return lead and partition_metadata(lead[0], topic)[2][0]["isr"] == everyone
+    wait_until(back_in_sync, CATCH_UP_TIMEOUT_S, interval_s=0.1,
+               msg="caught-up follower %d back in the leader's ISR" % follower.rmq_node_id)
     # Without `other`, every commit needs the caught-up follower.
     other.kill9()
     values += produce(b"c", 100)

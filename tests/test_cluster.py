@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from kafka.protocol.admin import DescribeConfigsRequest
 from kafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
+from kafka.protocol.find_coordinator import FindCoordinatorRequest
 from kafka.protocol.list_offsets import ListOffsetsRequest
 
 from cluster_util import (CATCH_UP_TIMEOUT_S, FAILOVER_TIMEOUT_S, FORM_TIMEOUT_S, Cluster,
@@ -27,6 +28,7 @@ from kafka_util import admin, consume_all, produce_all, producer
 
 RESOURCE_TOPIC = 2
 NOT_LEADER_OR_FOLLOWER = 6
+NOT_COORDINATOR = 16
 CONFIG_SOURCE_TOPIC = 1
 
 
@@ -130,8 +132,8 @@ def test_topic_created_through_node_2_appears_on_every_node(broker_factory):
     for partition, items in got.items():
         sent = [(o, k, v) for p, o, k, v in sorted(delivered) if p == partition]
         assert [(o, k, v) for o, k, v, _ in items] == sent
-    # A consumer group coordinated by node 1 (every node coordinates the groups that ask it)
-    # reads the partitions from their leader and commits offsets for them.
+    # A consumer group bootstrapped at node 1 (its coordinator is whichever seed its offsets
+    # partition maps to) reads the partitions from their leader and commits offsets for them.
     group = unique_topic("g")
     c = Consumer({"bootstrap.servers": cluster.nodes[1].bootstrap, "group.id": group,
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -152,22 +154,122 @@ def test_topic_created_through_node_2_appears_on_every_node(broker_factory):
         assert {tp.partition: tp.offset for tp in committed} == ends
     finally:
         c.close()
-    # A node that does not lead the partitions refuses to serve them, but as a group
-    # coordinator it keeps offsets for them.
+    # A node that does not lead the partitions refuses to serve them.
     other = next(b for b in nodes if b.rmq_node_id != leader)
     with RawConn(other.host, other.port) as conn:
         resp = conn.request(ListOffsetsRequest[1](replica_id=-1, topics=[(name, [(0, -1)])]))
         assert resp.topics[0][1][0][1] == NOT_LEADER_OR_FOLLOWER, resp
-        standalone = unique_topic("standalone")
+    # Group offsets live on the group's coordinator: the coordinating node keeps them, the
+    # others answer NOT_COORDINATOR.
+    standalone = unique_topic("standalone")
+    coordinator = cluster.nodes[find_coordinator(other, standalone)[0]]
+    with RawConn(coordinator.host, coordinator.port) as conn:
         resp = conn.request(OffsetCommitRequest[2](standalone, -1, "", -1, [(name, [(1, 5, "")])]))
         assert resp.topics[0][1] == [(1, 0)], resp
         resp = conn.request(OffsetFetchRequest[1](standalone, [(name, [1])]))
         assert [(p, o, e) for p, o, _m, e in resp.topics[0][1]] == [(1, 5, 0)], resp
+    for b in nodes:
+        if b is coordinator:
+            continue
+        with RawConn(b.host, b.port) as conn:
+            resp = conn.request(OffsetCommitRequest[2](standalone, -1, "", -1,
+                                                       [(name, [(1, 6, "")])]))
+            assert resp.topics[0][1] == [(1, NOT_COORDINATOR)], resp
     # Deleting through another node removes it everywhere.
     a = admin(cluster.nodes[1].bootstrap)
     a.delete_topics([name], operation_timeout=30, request_timeout=30)[name].result(timeout=60)
     wait_until(lambda: all(name not in node_metadata(b, None)[2] for b in nodes), 30,
                interval_s=0.2, msg="deleted topic still listed")
+
+
+def find_coordinator(b, group):
+    """(node id, port) node b names as `group`'s coordinator (FindCoordinator v1)."""
+    with RawConn(b.host, b.port) as conn:
+        resp = conn.request(FindCoordinatorRequest[1](group, 0))
+    assert resp.error_code == 0, resp
+    return resp.coordinator_id, resp.port
+
+
+@pytest.mark.timeout(300)
+def test_a_group_has_one_coordinator_whichever_node_its_members_ask(broker_factory):
+    """Every node names the same coordinator for a group (a seed, by the group's offsets
+    partition), so two members bootstrapped at different nodes form one group and share the
+    partitions, and a member joining later through the third node resumes from the offsets
+    the group committed."""
+    cluster = Cluster(broker_factory)
+    wait_formed(cluster)
+    nodes = list(cluster.nodes.values())
+    name = unique_topic("grp")
+    create_through(cluster.nodes[1], name, 2, {})
+    wait_topic_everywhere(nodes, name, 2, {})
+    for partition in (0, 1):
+        records = [(None, b"p%d-%d" % (partition, i)) for i in range(100)]
+        delivered = produce_all(producer(cluster.nodes[1].bootstrap), records, name,
+                                partition=partition)
+        assert [o for _p, o, _k, _v in delivered] == list(range(100))
+    groups = [unique_topic("g") for _ in range(6)]
+    for group in groups:
+        named = {find_coordinator(b, group) for b in nodes}
+        assert len(named) == 1, "nodes name different coordinators for %s: %s" % (group, named)
+        node_id, port = named.pop()
+        assert port == cluster.nodes[node_id].port, (group, node_id, port)
+    group = groups[0]
+
+    def member(b):
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+        c.subscribe([name])
+        return c
+    first, second = member(cluster.nodes[1]), member(cluster.nodes[2])
+    try:
+        assigned = {}
+
+        def both_assigned():
+            for c in (first, second):
+                c.poll(0.1)
+                assigned[c] = sorted(tp.partition for tp in c.assignment())
+            return assigned[first] and assigned[second]
+        wait_until(both_assigned, 60, interval_s=0.05,
+                   msg="both members assigned a partition of %s" % name)
+        assert sorted(assigned[first] + assigned[second]) == [0, 1], \
+            "members bootstrapped at nodes 1 and 2 are one group: %s" % list(assigned.values())
+        # Each member commits each record it reads up to offset 49 of its partition.
+        committed = {}
+        deadline = time.monotonic() + 60
+        while committed != {0: 50, 1: 50}:
+            assert time.monotonic() < deadline, "the group committed %s" % committed
+            for c in (first, second):
+                for m in c.consume(num_messages=100, timeout=0.2):
+                    assert m.error() is None, m.error()
+                    if m.offset() < 50:
+                        c.commit(message=m, asynchronous=False)
+                        committed[m.partition()] = m.offset() + 1
+    finally:
+        first.close()
+        second.close()
+    # Offsets 0..49 of both partitions were committed; a member that asks node 3 resumes at 50.
+    later = member(cluster.nodes[3])
+    try:
+        starts = {}
+        deadline = time.monotonic() + 60
+        while len(starts) < 2:
+            assert time.monotonic() < deadline, "the later member started at %s" % starts
+            for m in later.consume(num_messages=100, timeout=0.5):
+                assert m.error() is None, m.error()
+                starts.setdefault(m.partition(), m.offset())
+        assert starts == {0: 50, 1: 50}, starts
+    finally:
+        later.close()
+    # `rmq group describe` through any node reaches the coordinator (FindCoordinator first).
+    for b in nodes:
+        out = subprocess.run([rmq_bin(), "-b", b.bootstrap, "group", "describe", group],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()
+        rows = [line.split() for line in out.stdout.decode().splitlines()
+                if line.startswith(name + " ")]
+        assert sorted((int(r[1]), int(r[2])) for r in rows) == [(0, 50), (1, 50)], \
+            out.stdout.decode()
 
 
 @pytest.mark.timeout(360)

@@ -64,9 +64,28 @@ impl ShardKernel {
             .map_err(|_| KernelError::ShuttingDown)
     }
 
-    /// The shard coordinating `group_id`: the owner of its `__consumer_offsets` partition.
-    fn coordinator_shard(&self, group_id: &str) -> Result<ShardId, KernelError> {
+    /// The node coordinating `group_id`. Alone: this node. In a cluster every node keeps its
+    /// own `__consumer_offsets` (not replicated yet), so the seeds take its partitions in
+    /// turn, partition p going to the (p mod seeds)-th seed by node id: every node names the
+    /// same coordinator for a group, whichever node a client asks, and the group's members
+    /// and offsets live on that one node.
+    fn coordinator_node(&self, group_id: &str) -> Result<(i32, i32), KernelError> {
         let partition = coordinator_partition(&self.shard, group_id)?;
+        let seeds = &self.shard.config.seeds;
+        if seeds.is_empty() {
+            return Ok((self.shard.config.node_id, partition));
+        }
+        let turn = usize::try_from(partition).unwrap_or(0) % seeds.len();
+        Ok((seeds[turn].node_id, partition))
+    }
+
+    /// The shard coordinating `group_id`: the owner of its `__consumer_offsets` partition,
+    /// when this node coordinates the group (NOT_COORDINATOR otherwise).
+    fn coordinator_shard(&self, group_id: &str) -> Result<ShardId, KernelError> {
+        let (node, partition) = self.coordinator_node(group_id)?;
+        if node != self.shard.config.node_id {
+            return Err(KernelError::NotCoordinator);
+        }
         self.shard
             .owner_of(&offsets_partition(partition))
             .ok_or(KernelError::CoordinatorNotAvailable)
@@ -769,8 +788,22 @@ impl Kernel for ShardKernel {
     }
 
     fn group_coordinator(&self, group_id: &str) -> Result<NodeInfo, KernelError> {
-        self.coordinator_shard(group_id)?;
-        Ok(self.shard.node())
+        let (node, _) = self.coordinator_node(group_id)?;
+        if node == self.shard.config.node_id {
+            self.coordinator_shard(group_id)?;
+            return Ok(self.shard.node());
+        }
+        // Another seed: named once it has registered its Kafka address.
+        let metadata = self.shard.metadata();
+        let broker = metadata
+            .brokers
+            .get(&node)
+            .ok_or(KernelError::CoordinatorNotAvailable)?;
+        Ok(NodeInfo {
+            node_id: node,
+            host: broker.host.clone(),
+            port: broker.port,
+        })
     }
 
     async fn join_group(&self, input: JoinGroupInput) -> JoinGroupOutput {

@@ -40,6 +40,8 @@ pub enum KernelError {
     ShuttingDown,
     /// The group coordinator cannot serve yet (its offsets partition is missing or loading).
     CoordinatorNotAvailable,
+    /// Another node coordinates this group (the client asks FindCoordinator again).
+    NotCoordinator,
     InvalidGroupId,
     UnknownMemberId,
     /// KIP-394: the first JoinGroup (v4+) of a dynamic member gets an id and must rejoin with it.
@@ -90,6 +92,7 @@ impl fmt::Display for KernelError {
             KernelError::RequestTimedOut => write!(f, "request timed out"),
             KernelError::ShuttingDown => write!(f, "broker is shutting down"),
             KernelError::CoordinatorNotAvailable => write!(f, "group coordinator not available"),
+            KernelError::NotCoordinator => write!(f, "another node coordinates this group"),
             KernelError::InvalidGroupId => write!(f, "invalid (empty) group id"),
             KernelError::UnknownMemberId => write!(f, "unknown member id"),
             KernelError::MemberIdRequired => write!(f, "rejoin with the member id given"),

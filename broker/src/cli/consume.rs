@@ -230,10 +230,12 @@ fn consume_in_group(
 ) -> anyhow::Result<()> {
     let partitions = partition_count(client, &args.topic)?;
     let metadata = subscription(&args.topic)?;
+    // Group requests go to the group's coordinator, fetches through `client`.
+    let mut coordinator = group::coordinator(client, group_id)?;
     let mut member_id = String::new();
     loop {
         let membership = group::join(
-            client,
+            &mut coordinator,
             group_id,
             &member_id,
             &args.topic,
@@ -241,11 +243,18 @@ fn consume_in_group(
             &metadata,
         )?;
         member_id = membership.member_id.clone();
-        let mut positions = start_positions(client, group_id, &membership, args)?;
-        let rebalance = consume_generation(client, &membership, &mut positions, args, printed)?;
-        group::commit(client, &membership, &args.topic, &positions)?;
+        let mut positions = start_positions(client, &mut coordinator, group_id, &membership, args)?;
+        let rebalance = consume_generation(
+            client,
+            &mut coordinator,
+            &membership,
+            &mut positions,
+            args,
+            printed,
+        )?;
+        group::commit(&mut coordinator, &membership, &args.topic, &positions)?;
         if !rebalance {
-            group::leave(client, group_id, &member_id)?;
+            group::leave(&mut coordinator, group_id, &member_id)?;
             eprintln!(
                 "consumed {} records as {member_id} of group {group_id}",
                 printed.count
@@ -258,11 +267,12 @@ fn consume_in_group(
 /// Committed offsets of the assigned partitions, else earliest/latest as asked.
 fn start_positions(
     client: &mut Client,
+    coordinator: &mut Client,
     group_id: &str,
     membership: &Membership,
     args: &ConsumeArgs,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let committed = group::committed(client, group_id, &args.topic, &membership.partitions)?;
+    let committed = group::committed(coordinator, group_id, &args.topic, &membership.partitions)?;
     let partitions = partition_count(client, &args.topic)?;
     let bounds = offsets(client, &args.topic, partitions)?;
     let mut positions = BTreeMap::new();
@@ -284,6 +294,7 @@ fn start_positions(
 /// Consumes until done (false) or until the group rebalances (true).
 fn consume_generation(
     client: &mut Client,
+    coordinator: &mut Client,
     membership: &Membership,
     positions: &mut BTreeMap<i32, i64>,
     args: &ConsumeArgs,
@@ -298,7 +309,7 @@ fn consume_generation(
         }
         if last_heartbeat.elapsed() >= Duration::from_millis(HEARTBEAT_INTERVAL_MS) {
             last_heartbeat = Instant::now();
-            match group::heartbeat(client, membership)? {
+            match group::heartbeat(coordinator, membership)? {
                 0 => {}
                 code if code == ResponseError::RebalanceInProgress.code() => return Ok(true),
                 code => bail!("heartbeat failed: {}", error_text(code)),

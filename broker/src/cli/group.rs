@@ -19,9 +19,9 @@ use kafka_protocol::messages::offset_delete_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest,
+    GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -295,6 +295,21 @@ fn all_committed(
     Ok(out)
 }
 
+/// A connection to `group`'s coordinator, found through `client` (FindCoordinator v2): in a
+/// cluster one seed coordinates each group and the other nodes answer NOT_COORDINATOR.
+pub fn coordinator(client: &mut Client, group: &str) -> anyhow::Result<Client> {
+    let mut request = FindCoordinatorRequest::default();
+    request.key = StrBytes::from_string(group.to_string());
+    let response = client.send(2, &request)?;
+    check(
+        response.error_code,
+        &format!("find the coordinator of group {group}"),
+    )?;
+    let address = format!("{}:{}", response.host.as_str(), response.port);
+    Client::connect(&address)
+        .with_context(|| format!("connect to the coordinator of group {group} at {address}"))
+}
+
 pub fn run(client: &mut Client, command: GroupCommand) -> anyhow::Result<()> {
     match command {
         GroupCommand::List => list(client),
@@ -329,10 +344,11 @@ fn list(client: &mut Client) -> anyhow::Result<()> {
 fn describe(client: &mut Client, group: &str) -> anyhow::Result<()> {
     let mut request = DescribeGroupsRequest::default();
     request.groups = vec![group_id(group)];
-    let response = client.send(5, &request)?;
+    let mut coordinator = coordinator(client, group)?;
+    let response = coordinator.send(5, &request)?;
     let described = response.groups.first().context("no answer for the group")?;
     check(described.error_code, &format!("describe group {group}"))?;
-    let committed = all_committed(client, group)?;
+    let committed = all_committed(&mut coordinator, group)?;
     if described.group_state.as_str() == "Dead" && committed.is_empty() {
         bail!("group {group} does not exist");
     }
@@ -377,11 +393,14 @@ fn describe(client: &mut Client, group: &str) -> anyhow::Result<()> {
 }
 
 fn delete(client: &mut Client, groups: &[String]) -> anyhow::Result<()> {
-    let mut request = DeleteGroupsRequest::default();
-    request.groups_names = groups.iter().map(|g| group_id(g)).collect();
-    let response = client.send(2, &request)?;
+    let mut results = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mut request = DeleteGroupsRequest::default();
+        request.groups_names = vec![group_id(group)];
+        results.extend(coordinator(client, group)?.send(2, &request)?.results);
+    }
     let mut failed = false;
-    for result in &response.results {
+    for result in &results {
         if result.error_code == 0 {
             println!("deleted group {}", result.group_id.0.as_str());
         } else {
@@ -413,7 +432,7 @@ fn delete_offsets(client: &mut Client, group: &str, topic: &str) -> anyhow::Resu
     let mut request = OffsetDeleteRequest::default();
     request.group_id = group_id(group);
     request.topics = vec![t];
-    let response = client.send(0, &request)?;
+    let response = coordinator(client, group)?.send(0, &request)?;
     check(response.error_code, &format!("delete offsets of {group}"))?;
     for p in response.topics.iter().flat_map(|t| t.partitions.iter()) {
         check(
@@ -452,7 +471,8 @@ fn reset_offsets(
     }
     // Generation -1 with no member id: allowed only while the group has no members.
     let request = commit_request(group, -1, "", topic, &positions);
-    send_commit(client, &request).context("reset offsets (is the group empty?)")?;
+    send_commit(&mut coordinator(client, group)?, &request)
+        .context("reset offsets (is the group empty?)")?;
     for (partition, offset) in &positions {
         println!("{group} {topic}/{partition} -> {offset}");
     }

@@ -23,6 +23,7 @@ pub fn error_code(error: &KernelError) -> i16 {
         KernelError::RequestTimedOut => ResponseError::RequestTimedOut,
         KernelError::ShuttingDown => ResponseError::LeaderNotAvailable,
         KernelError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        KernelError::NotCoordinator => ResponseError::NotCoordinator,
         KernelError::InvalidGroupId => ResponseError::InvalidGroupId,
         KernelError::UnknownMemberId => ResponseError::UnknownMemberId,
         KernelError::MemberIdRequired => ResponseError::MemberIdRequired,

@@ -1,5 +1,5 @@
 //! FindCoordinator (key 10): the node coordinating a consumer group (this node while it runs
-//! alone). Transaction coordinators do not exist yet: TRANSACTION keys are refused with
+//! alone; in a cluster one seed per group, the same answer on every node). Transaction coordinators do not exist yet: TRANSACTION keys are refused with
 //! TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as InitProducerId refuses transactional ids.
 
 use kafka_protocol::error::ResponseError;

@@ -23,7 +23,7 @@ so it cannot drive a cluster; this driver uses librdkafka through confluent-kafk
 
 Usage: bench_replication.py [--seconds S] [--rounds N] [--partitions N] [--value-bytes B]
        [--election-timeout-ms MS] [--failovers N] [--max-outstanding N] [--linger-ms MS]
-       [--stream-rate N] [--acks all|1] [--rmq-node PATH]
+       [--stream-rate N] [--acks all|1] [--idempotent] [--rmq-node PATH]
 """
 
 import argparse
@@ -115,7 +115,7 @@ def produce_for(bootstrap, topic, partitions, args):
 
     p = Producer({"bootstrap.servers": bootstrap, "acks": args.acks, "linger.ms": args.linger_ms,
                   "queue.buffering.max.messages": args.max_outstanding,
-                  "message.timeout.ms": 60000})
+                  "enable.idempotence": args.idempotent, "message.timeout.ms": 60000})
     padding = b"x" * max(0, args.value_bytes - SEND_TIME.size)
 
     def send(i):
@@ -160,8 +160,8 @@ def bench_throughput(cluster, args):
                          "mb_s": n * args.value_bytes / elapsed_s / 1e6,
                          "p50_ms": percentile(latencies, 0.5) * 1000,
                          "p99_ms": percentile(latencies, 0.99) * 1000})
-    print("\nacks=%s produce, %d partitions, %d-byte values, linger.ms=%d, <= %d outstanding, "
-          "%.0f s per run" % (args.acks, args.partitions, args.value_bytes, args.linger_ms,
+    print("\nacks=%s%s produce, %d partitions, %d-byte values, linger.ms=%d, <= %d outstanding, "
+          "%.0f s per run" % (args.acks, " idempotent" if args.idempotent else "", args.partitions, args.value_bytes, args.linger_ms,
                               args.max_outstanding, args.seconds))
     print("%-6s %-4s %10s %10s %8s %9s %9s" % (
         "round", "RF", "records", "msgs/s", "MB/s", "p50 ms", "p99 ms"))
@@ -250,11 +250,15 @@ def main():
     ap.add_argument("--linger-ms", type=int, default=1)
     ap.add_argument("--acks", choices=["all", "1"], default="all",
                     help="of the throughput runs (the failover producer always uses all)")
+    ap.add_argument("--idempotent", action="store_true",
+                    help="throughput runs with enable.idempotence=true (needs --acks all)")
     ap.add_argument("--stream-rate", type=int, default=1000,
                     help="records/s of the failover producer")
     ap.add_argument("--rmq-node", default=None, help="default: $RMQ_NODE_BIN or "
                     "target/release/rmq-node")
     args = ap.parse_args()
+    if args.idempotent and args.acks != "all":
+        ap.error("--idempotent needs --acks all (librdkafka's rule)")
     if args.value_bytes < SEND_TIME.size:
         ap.error("--value-bytes must be at least %d (the send time)" % SEND_TIME.size)
     if args.rmq_node:

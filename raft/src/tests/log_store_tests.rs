@@ -11,8 +11,10 @@ use openraft::impls::leader_id_std::LeaderId;
 use openraft::rt::Oneshot;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::testing::log::{StoreBuilder, Suite};
+use rmq_storage::PartitionLog;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Builds each suite case a fresh partition log in its own directory.
@@ -62,6 +64,15 @@ fn openraft_storage_suite_passes_on_the_partition_log_store() {
             .await
             .expect("openraft storage suite");
     });
+}
+
+/// The partition log in `dir` and a log store over it.
+async fn open_store(dir: &Path) -> (Rc<PartitionLog>, PartitionLogStore) {
+    let log = open_log(dir).await;
+    let store = PartitionLogStore::open(log.clone(), dir.to_path_buf())
+        .await
+        .expect("open log store");
+    (log, store)
 }
 
 fn entry(term: u64, index: u64, payload: PartitionPayload) -> PartitionEntry {
@@ -116,10 +127,7 @@ async fn read_all(store: &mut PartitionLogStore) -> Vec<PartitionEntry> {
 #[test]
 fn entries_are_record_batches_with_the_term_as_leader_epoch() {
     run("entries-are-batches", |dir| async move {
-        let log = open_log(&dir).await;
-        let mut store = PartitionLogStore::open(log.clone(), dir.clone())
-            .await
-            .expect("open");
+        let (log, mut store) = open_store(&dir).await;
         let written = vec![
             entry(1, 0, membership(&[1, 2, 3])),
             entry(1, 1, PartitionPayload::Blank),
@@ -171,10 +179,7 @@ fn entries_are_record_batches_with_the_term_as_leader_epoch() {
 #[test]
 fn an_append_notice_reports_the_offsets_the_batch_got_and_is_not_stored() {
     run("append-notice", |dir| async move {
-        let log = open_log(&dir).await;
-        let mut store = PartitionLogStore::open(log.clone(), dir.clone())
-            .await
-            .expect("open");
+        let (log, mut store) = open_store(&dir).await;
         let (notice, appended) = flume::bounded(2);
         let tagged = |records, tag| {
             let batch = RecordBatch::new(produced_batch(records, tag)).expect("valid batch");
@@ -215,10 +220,7 @@ fn an_append_notice_reports_the_offsets_the_batch_got_and_is_not_stored() {
 #[test]
 fn reopen_rebuilds_the_index_and_keeps_vote_committed_and_purge() {
     run("reopen", |dir| async move {
-        let log = open_log(&dir).await;
-        let mut store = PartitionLogStore::open(log.clone(), dir.clone())
-            .await
-            .expect("open");
+        let (log, mut store) = open_store(&dir).await;
         let written: Vec<_> = (0..6)
             .map(|index| {
                 let term = if index < 2 { 1 } else { 2 };
@@ -290,10 +292,7 @@ fn reopen_rebuilds_the_index_and_keeps_vote_committed_and_purge() {
 #[test]
 fn purge_beyond_the_log_end_anchors_the_next_entry_at_the_log_end() {
     run("purge-beyond-end", |dir| async move {
-        let log = open_log(&dir).await;
-        let mut store = PartitionLogStore::open(log.clone(), dir.clone())
-            .await
-            .expect("open");
+        let (log, mut store) = open_store(&dir).await;
         let written: Vec<_> = (0..3).map(|i| entry(1, i, normal(1, b'x'))).collect();
         append_durably(&mut store, written).await;
         // As after installing a snapshot that ends at index 10.
@@ -307,10 +306,7 @@ fn purge_beyond_the_log_end_anchors_the_next_entry_at_the_log_end() {
         assert_eq!(store.base_offset_of(11).map(|o| o.0), Some(3));
         log.close().await.expect("close");
 
-        let log = open_log(&dir).await;
-        let mut store = PartitionLogStore::open(log.clone(), dir.clone())
-            .await
-            .expect("reopen");
+        let (log, mut store) = open_store(&dir).await;
         let entries = read_all(&mut store).await;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].log_id, PartitionLogId::new_term_index(4, 11));

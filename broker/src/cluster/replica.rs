@@ -737,16 +737,17 @@ impl Replica {
             });
         }
         let mut batches = split_batches(&item.records, &item.headers)?;
-        // acks=1: the log store reports each batch's offsets once this node appended it.
-        let (appended_tx, appended) = flume::bounded(batches.len());
-        if acks == Acks::Leader {
-            batches = batches
-                .into_iter()
-                .map(|batch| batch.with_append_notice(appended_tx.clone()))
-                .collect();
-        }
-        drop(appended_tx);
         let batch_count = batches.len();
+        // acks=1: the log store reports each batch's offsets once this node appended it (no
+        // channel for the other acks).
+        let appended = (acks == Acks::Leader).then(|| {
+            let (notice, appended) = flume::bounded(batch_count);
+            batches = std::mem::take(&mut batches)
+                .into_iter()
+                .map(|batch| batch.with_append_notice(notice.clone()))
+                .collect();
+            appended
+        });
         let last_delta = item
             .headers
             .last()
@@ -814,14 +815,15 @@ impl Replica {
         // acks=1 answers at the local append; a batch Raft refused before appending never
         // reports (its notice is dropped), and then the commit outcome answers.
         let locally_appended = async {
+            let Some(appended) = appended else {
+                return futures_lite::future::pending().await;
+            };
             let mut range: Option<(i64, i64)> = None;
             for _ in 0..batch_count {
-                match appended.recv_async().await {
-                    Ok((base, last)) => {
-                        range = Some(range.map_or((base, last), |(first, _)| (first, last)));
-                    }
-                    Err(_) => futures_lite::future::pending::<()>().await,
-                }
+                let Ok((base, last)) = appended.recv_async().await else {
+                    return futures_lite::future::pending().await;
+                };
+                range = Some(range.map_or((base, last), |(first, _)| (first, last)));
             }
             match range {
                 Some(range) => Ok(range),

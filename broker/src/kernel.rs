@@ -40,6 +40,14 @@ pub struct ShardKernel {
     shard: Rc<Shard>,
 }
 
+/// Where a consumer group is coordinated (`ShardKernel::coordinator`).
+enum Coordinator {
+    /// Here, by this shard (the owner of the group's `__consumer_offsets` partition).
+    Shard(ShardId),
+    /// By another node (a seed).
+    Node(i32),
+}
+
 impl ShardKernel {
     pub fn new(shard: Rc<Shard>) -> ShardKernel {
         ShardKernel { shard }
@@ -64,31 +72,33 @@ impl ShardKernel {
             .map_err(|_| KernelError::ShuttingDown)
     }
 
-    /// The node coordinating `group_id`. Alone: this node. In a cluster every node keeps its
-    /// own `__consumer_offsets` (not replicated yet), so the seeds take its partitions in
-    /// turn, partition p going to the (p mod seeds)-th seed by node id: every node names the
-    /// same coordinator for a group, whichever node a client asks, and the group's members
-    /// and offsets live on that one node.
-    fn coordinator_node(&self, group_id: &str) -> Result<(i32, i32), KernelError> {
+    /// Where `group_id` is coordinated. Alone: here. In a cluster every node keeps its own
+    /// `__consumer_offsets` (not replicated yet), so the seeds take its partitions in turn,
+    /// partition p going to the (p mod seeds)-th seed by node id: every node names the same
+    /// coordinator for a group, whichever node a client asks, and the group's members and
+    /// offsets live on that one node.
+    fn coordinator(&self, group_id: &str) -> Result<Coordinator, KernelError> {
         let partition = coordinator_partition(&self.shard, group_id)?;
         let seeds = &self.shard.config.seeds;
-        if seeds.is_empty() {
-            return Ok((self.shard.config.node_id, partition));
-        }
-        let turn = usize::try_from(partition).unwrap_or(0) % seeds.len();
-        Ok((seeds[turn].node_id, partition))
-    }
-
-    /// The shard coordinating `group_id`: the owner of its `__consumer_offsets` partition,
-    /// when this node coordinates the group (NOT_COORDINATOR otherwise).
-    fn coordinator_shard(&self, group_id: &str) -> Result<ShardId, KernelError> {
-        let (node, partition) = self.coordinator_node(group_id)?;
-        if node != self.shard.config.node_id {
-            return Err(KernelError::NotCoordinator);
+        if !seeds.is_empty() {
+            let seed = seeds[usize::try_from(partition).unwrap_or(0) % seeds.len()].node_id;
+            if seed != self.shard.config.node_id {
+                return Ok(Coordinator::Node(seed));
+            }
         }
         self.shard
             .owner_of(&offsets_partition(partition))
+            .map(Coordinator::Shard)
             .ok_or(KernelError::CoordinatorNotAvailable)
+    }
+
+    /// The shard coordinating `group_id` here: the owner of its `__consumer_offsets`
+    /// partition; NOT_COORDINATOR when another node coordinates it.
+    fn coordinator_shard(&self, group_id: &str) -> Result<ShardId, KernelError> {
+        match self.coordinator(group_id)? {
+            Coordinator::Shard(shard) => Ok(shard),
+            Coordinator::Node(_) => Err(KernelError::NotCoordinator),
+        }
     }
 
     /// Runs a group request on its coordinator shard (one mesh hop, or in place) and waits
@@ -788,11 +798,10 @@ impl Kernel for ShardKernel {
     }
 
     fn group_coordinator(&self, group_id: &str) -> Result<NodeInfo, KernelError> {
-        let (node, _) = self.coordinator_node(group_id)?;
-        if node == self.shard.config.node_id {
-            self.coordinator_shard(group_id)?;
-            return Ok(self.shard.node());
-        }
+        let node = match self.coordinator(group_id)? {
+            Coordinator::Shard(_) => return Ok(self.shard.node()),
+            Coordinator::Node(node) => node,
+        };
         // Another seed: named once it has registered its Kafka address.
         let metadata = self.shard.metadata();
         let broker = metadata

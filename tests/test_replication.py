@@ -216,34 +216,19 @@ def test_no_acknowledged_record_is_lost_over_ten_leader_kills(broker_factory):
     assert sum(summary["acked"].values()) > 0
 
 
-def raw_produce_to_leader(nodes, topic, values, timeout_s=FAILOVER_TIMEOUT_S):
-    """One acks=all Produce of `values` to partition 0 at the node among `nodes` that reports
-    itself Leader; asks again after NOT_LEADER_OR_FOLLOWER (nothing was appended then)."""
+def raw_produce_to_leader(nodes, topic, batches, timeout_s=FAILOVER_TIMEOUT_S):
+    """Each of `batches` (lists of values) as its own acks=all Produce (one record batch, one
+    Raft entry) to partition 0, in order, at the node among `nodes` that reports itself
+    Leader (found again after NOT_LEADER_OR_FOLLOWER: nothing was appended then). Returns
+    the last leader."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        leader = wait_until(lambda: leader_states(nodes, topic).get(0), timeout_s,
-                            msg="a leader among nodes %s" % [b.rmq_node_id for b in nodes])[0]
-        with RawConn(leader.host, leader.port, timeout=timeout_s) as conn:
-            resp = conn.produce(topic, 0, build_record_batch([(None, v) for v in values]),
-                                acks=-1, timeout_ms=10000)
-        if resp["error_code"] != NOT_LEADER_OR_FOLLOWER or time.monotonic() > deadline:
-            assert resp["error_code"] == 0, "acks=all Produce to node %d: %s" % (
-                leader.rmq_node_id, resp)
-            return resp
-
-
-def raw_entries_to_leader(nodes, topic, values, timeout_s=FAILOVER_TIMEOUT_S):
-    """Each of `values` as its own acks=all Produce (one batch, one Raft entry) to partition
-    0, in order, at the node among `nodes` that reports itself Leader (found again after
-    NOT_LEADER_OR_FOLLOWER: nothing was appended then). Returns the last leader."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(values)
+    pending = list(batches)
     while True:
         leader = wait_until(lambda: leader_states(nodes, topic).get(0), timeout_s,
                             msg="a leader among nodes %s" % [b.rmq_node_id for b in nodes])[0]
         with RawConn(leader.host, leader.port, timeout=timeout_s) as conn:
             while pending:
-                resp = conn.produce(topic, 0, build_record_batch([(None, pending[0])]),
+                resp = conn.produce(topic, 0, build_record_batch([(None, v) for v in pending[0]]),
                                     acks=-1, timeout_ms=10000)
                 if resp["error_code"] == NOT_LEADER_OR_FOLLOWER and \
                         time.monotonic() < deadline:
@@ -300,8 +285,7 @@ def test_an_isolated_leader_acknowledges_nothing(broker_factory):
         # answers "no leader" for as long as the partition lasts (the client never learns
         # the new leader if it keeps asking that node).
         after = [b"after-%d" % i for i in range(100)]
-        for i in range(0, len(after), 10):
-            raw_produce_to_leader(peers, topic, after[i:i + 10])
+        raw_produce_to_leader(peers, topic, [after[i:i + 10] for i in range(0, len(after), 10)])
         assert iso.flush(30) == 0, "the isolated producer's records were never reported"
         assert len(reports) == 50
         acked = [value for err, value in reports if err is None]
@@ -378,7 +362,7 @@ def test_acks_1_answers_at_the_leaders_append(broker_factory):
     assert 200 <= status < 300, status
     wait_replicated(cluster.running(), topic, 1)
     after = [b"after-%d" % i for i in range(20)]
-    raw_produce_to_leader(list(cluster.nodes.values()), topic, after)
+    raw_produce_to_leader(list(cluster.nodes.values()), topic, [after])
     got = values_of(consume_to_end(cluster.bootstrap(), topic, 1)[0])
     # The isolated leader's uncommitted records survive only if it kept leading (healed
     # before the others elected a new leader): in order, once each, or not at all.
@@ -409,7 +393,7 @@ def test_a_restarted_follower_catches_up(broker_factory):
     # ISR_LAG_ENTRIES_MAX (1,000) entries behind, and the leader's Metadata drops it from the
     # in-sync replicas.
     lagging = [b"isr-%d" % i for i in range(1100)]
-    current = raw_entries_to_leader([leader, other], topic, lagging)
+    current = raw_produce_to_leader([leader, other], topic, [[v] for v in lagging])
     values += lagging
     isr = partition_metadata(current, topic)[2][0]["isr"]
     assert isr == sorted([leader.rmq_node_id, other.rmq_node_id]), \

@@ -88,6 +88,9 @@ class Cluster(object):
             "--seeds", self.seeds] + self.extra_args)
         b.rmq_node_id = node_id
         b.fixed_kafka_port = kafka_port
+        # Relative, as the README's cluster example runs with the default ./rmq-data (a
+        # relative path once broke every Raft vote write).
+        b.relative_data_dir = True
         return b
 
     def add_node(self, node_id):

@@ -115,6 +115,8 @@ class Broker(object):
         self._killed = False
         # Set (e.g. to self.port after a first start) to restart on the same Kafka port.
         self.fixed_kafka_port = None
+        # Pass --data-dir relative to the working directory (as `./rmq-data`, the default).
+        self.relative_data_dir = False
         os.makedirs(data_dir, exist_ok=True)
 
     # -- properties
@@ -130,7 +132,8 @@ class Broker(object):
         return self.proc is not None and self.proc.poll() is None
 
     def args(self):
-        args = [node_bin(), "--cores", str(self.cores), "--data-dir", self.data_dir,
+        data_dir = os.path.relpath(self.data_dir) if self.relative_data_dir else self.data_dir
+        args = [node_bin(), "--cores", str(self.cores), "--data-dir", data_dir,
                 "--kafka-addr", "127.0.0.1:%d" % (self.fixed_kafka_port or 0),
                 "--mqtt-addr", "127.0.0.1:0",
                 "--mqtt-ws-addr", "127.0.0.1:0",

@@ -328,3 +328,31 @@ fn a_log_with_batches_but_no_raft_meta_is_refused() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn the_vote_is_saved_in_a_partition_directory_named_by_a_relative_path() {
+    run("relative-dir", |dir| async move {
+        let cwd = std::env::current_dir().expect("cwd");
+        let relative = dir
+            .strip_prefix(&cwd)
+            .expect("test dirs live under the crate dir");
+        assert!(relative.is_relative());
+        let (log, mut store) = open_store(relative).await;
+        let vote = PartitionVote {
+            leader_id: LeaderId {
+                term: 3,
+                voted_for: 2,
+            },
+            committed: true,
+        };
+        store
+            .save_vote(&vote)
+            .await
+            .expect("save a vote under a relative path");
+        log.close().await.expect("close");
+        let (log, mut store) = open_store(&dir).await;
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(reader.read_vote().await.expect("read vote"), Some(vote));
+        log.close().await.expect("close");
+    });
+}

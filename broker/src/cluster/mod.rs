@@ -343,11 +343,31 @@ fn raft_config() -> anyhow::Result<Arc<Config>> {
         // The log is the whole history of the metadata and stays small; the state machine is
         // rebuilt from it at startup.
         snapshot_policy: SnapshotPolicy::Never,
-        ..Config::default()
+        ..restart_safe_config()
     };
     Ok(Arc::new(config.validate().map_err(|e| {
         anyhow::anyhow!("controller Raft config: {e}")
     })?))
+}
+
+/// openraft's defaults with the two settings every group of ours needs for restarts:
+///
+/// - **Pre-vote.** A node that comes back (or was cut off) campaigns only once a quorum would
+///   vote for it, i.e. once their leader's lease ran out. Without it the restarted node's
+///   first election timeout raised the term of every group it hosts, each live leader stepped
+///   down on seeing the higher term, and the partitions had no leader for an election (then
+///   the balancer moved them back: two leader changes per partition per restart).
+/// - **No leader restore.** A leader that restarts must win an election again instead of
+///   resuming in its old term: openraft replicates an entry once the local append is
+///   submitted, before it is durable here, so after a kill -9 followers can hold entries of
+///   that term this node lost, and a resumed leader would write different entries under the
+///   same (term, index), which followers take as already present.
+pub(crate) fn restart_safe_config() -> Config {
+    Config {
+        enable_pre_vote: Some(true),
+        enable_leader_restore: Some(false),
+        ..Config::default()
+    }
 }
 
 /// Waits for `future` at most `timeout`; `None` past it.

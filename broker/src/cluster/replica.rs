@@ -52,7 +52,7 @@ use rmq_raft::{DigestStateMachine, PartitionLogStore, PartitionRaft, RecordBatch
 use rmq_storage::{BatchHeader, Offset, PartitionLog};
 use tracing::{info, warn};
 
-use super::ClusterView;
+use super::{restart_safe_config, ClusterView};
 use crate::constants::{
     CONTROLLER_GROUP_ID, LEADER_BALANCE_INTERVAL_MS, LEADER_GOSSIP_GROUP_ID,
     LEADER_GOSSIP_INTERVAL_MS, LEADER_GOSSIP_PARTITIONS_MAX, PARTITION_PRODUCER_WAIT_POLL_MS,
@@ -178,7 +178,7 @@ fn partition_raft_config(election_timeout_ms: u64) -> anyhow::Result<Arc<Config>
         // The log is the data: a snapshot could not carry it, and purging would let a lagging
         // follower need one. Entries leave the log only with the partition.
         snapshot_policy: SnapshotPolicy::Never,
-        ..Config::default()
+        ..restart_safe_config()
     };
     Ok(Arc::new(config.validate().map_err(|e| {
         anyhow::anyhow!("partition Raft config: {e}")

@@ -2,7 +2,8 @@
 
 import time
 
-from confluent_kafka import Consumer, OFFSET_BEGINNING, Producer, TopicPartition
+from confluent_kafka import (Consumer, KafkaError, KafkaException, OFFSET_BEGINNING, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import wait_until
@@ -80,6 +81,30 @@ def produce_all(p, records, topic, timeout_s=120, partition=None):
     return delivered
 
 
+# How long a watermark query retries a transient error. librdkafka hands these to the caller
+# of get_watermark_offsets without retrying (and without marking them retriable): a partition's
+# leader moving (NOT_LEADER_FOR_PARTITION), or a just-restarted node not yet serving it.
+WATERMARK_RETRY_S = 30
+WATERMARK_TRANSIENT_ERRORS = (
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT)
+
+
+def watermarks(c, topic, partition, retry_s=WATERMARK_RETRY_S):
+    """(low, high) of one partition through consumer c, retrying transient errors for up to
+    `retry_s`; any other error raises at once."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        except KafkaException as e:
+            transient = e.args[0].retriable() or e.args[0].code() in WATERMARK_TRANSIENT_ERRORS
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def wait_for_total_high_watermark(bootstrap, topic, partitions, total, timeout_s=30):
     """Poll until the partitions' high watermarks add up to `total` (acks=0 has no other
     confirmation that the broker appended everything)."""
@@ -87,8 +112,7 @@ def wait_for_total_high_watermark(bootstrap, topic, partitions, total, timeout_s
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            hw = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                  for p in range(partitions)]
+            hw = [watermarks(c, topic, p)[1] for p in range(partitions)]
             if sum(hw) >= total:
                 return hw
             if time.monotonic() > deadline:
@@ -116,8 +140,7 @@ def consume_all(bootstrap, topic, partitions, timeout_s=120, **conf):
     try:
         hw = {}
         for p in range(partitions):
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            hw[p] = hi
+            hw[p] = watermarks(c, topic, p)[1]
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         out = {p: [] for p in range(partitions)}
         pending = {p for p in range(partitions) if hw[p] > 0}

@@ -22,7 +22,7 @@ from kafka.protocol.metadata import MetadataRequest
 
 from cluster_util import HTTP_TIMEOUT_S, cluster_status
 from kafka_raw import RawConn
-from kafka_util import admin
+from kafka_util import admin, watermarks
 
 REPLICATION_FACTOR = 3
 # A stream produces at most this many records per second and keeps at most this many
@@ -51,8 +51,7 @@ def consume_to_end(bootstrap, topic, partitions, timeout_s=120):
                   "enable.auto.commit": False, "enable.auto.offset.store": False,
                   "enable.partition.eof": True, "fetch.wait.max.ms": 100})
     try:
-        hw = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-              for p in range(partitions)}
+        hw = {p: watermarks(c, topic, p)[1] for p in range(partitions)}
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         out = {p: [] for p in range(partitions)}
         pending = set(range(partitions))

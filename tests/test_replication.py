@@ -398,6 +398,7 @@ def test_a_restarted_follower_catches_up(broker_factory):
     isr = partition_metadata(current, topic)[2][0]["isr"]
     assert isr == sorted([leader.rmq_node_id, other.rmq_node_id]), \
         "ISR with node %d down 1,100 entries: %s" % (follower.rmq_node_id, isr)
+    led = replica_states(current, topic)[0]
     Cluster.start(follower)
 
     def same_as_leader():
@@ -415,6 +416,11 @@ def test_a_restarted_follower_catches_up(broker_factory):
         return lead and partition_metadata(lead[0], topic)[2][0]["isr"] == everyone
     wait_until(back_in_sync, CATCH_UP_TIMEOUT_S, interval_s=0.1,
                msg="caught-up follower %d back in the leader's ISR" % follower.rmq_node_id)
+    # The restart disturbed nobody (pre-vote): the follower campaigned in vain while the
+    # leader's lease held, so the same node leads in the same term.
+    now = replica_states(current, topic)[0]
+    assert (now["role"], now["term"]) == ("Leader", led["term"]), \
+        "the follower's restart changed the leader's term: %s -> %s" % (led, now)
     # Without `other`, every commit needs the caught-up follower.
     other.kill9()
     values += produce(b"c", 100)

@@ -259,6 +259,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
+        # The failure again, between the captured client output and the node logs: CI
+        # excerpts can show the sections without the traceback above them.
+        if call.excinfo is not None:
+            report.sections.append(("failure (%s)" % call.when, call.excinfo.exconly()[:4000]))
         for i, b in enumerate(getattr(item, "_rmq_brokers", [])):
             report.sections.append(("rmq-node #%d stderr (tail, %s)" % (i, b.log_path), b.log_tail()))
 

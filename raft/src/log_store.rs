@@ -158,6 +158,9 @@ impl PartitionLogStore {
     /// log without `raft.meta` must be empty: the group starts there. Must run inside a glommio
     /// executor; only the file engine is supported (the memory engine evicts live entries).
     pub async fn open(log: Rc<PartitionLog>, dir: PathBuf) -> io::Result<PartitionLogStore> {
+        // Once here for every later `write_meta` (glommio refuses relative directories), so a
+        // node on `--data-dir rmq-data` can save votes.
+        let dir = std::path::absolute(&dir)?;
         if log.engine() != StorageEngine::File {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,

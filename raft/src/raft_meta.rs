@@ -173,11 +173,9 @@ pub fn read_meta(dir: &Path) -> io::Result<Option<RaftMeta>> {
 }
 
 /// Replaces the sidecar in `dir` atomically (see the module comment), through glommio so the
-/// shard does not block on the fsyncs.
+/// shard does not block on the fsyncs. `dir` must be absolute: glommio's `Directory::open`
+/// fails with EBADF on a relative path.
 pub async fn write_meta(dir: &Path, meta: &RaftMeta) -> io::Result<()> {
-    // glommio's `Directory::open` fails with EBADF on a relative path (it opens relative to no
-    // directory descriptor), which `--data-dir rmq-data` would otherwise hit on every vote.
-    let dir = &std::path::absolute(dir)?;
     let temp = dir.join(META_TEMP_FILE_NAME);
     let file = glommio::io::BufferedFile::create(&temp).await?;
     let bytes = meta.encode().to_vec();

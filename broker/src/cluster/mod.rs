@@ -371,7 +371,10 @@ pub(crate) fn restart_safe_config() -> Config {
 }
 
 /// Waits for `future` at most `timeout`; `None` past it.
-async fn within<T>(timeout: Duration, future: impl std::future::Future<Output = T>) -> Option<T> {
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    future: impl std::future::Future<Output = T>,
+) -> Option<T> {
     futures_lite::future::or(async { Some(future.await) }, async {
         glommio::timer::sleep(timeout).await;
         None

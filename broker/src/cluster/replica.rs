@@ -52,7 +52,7 @@ use rmq_raft::{DigestStateMachine, PartitionLogStore, PartitionRaft, RecordBatch
 use rmq_storage::{BatchHeader, Offset, PartitionLog};
 use tracing::{info, warn};
 
-use super::{restart_safe_config, ClusterView};
+use super::{restart_safe_config, within, ClusterView};
 use crate::constants::{
     CONTROLLER_GROUP_ID, LEADER_BALANCE_INTERVAL_MS, LEADER_GOSSIP_GROUP_ID,
     LEADER_GOSSIP_INTERVAL_MS, LEADER_GOSSIP_PARTITIONS_MAX, PARTITION_PRODUCER_WAIT_POLL_MS,
@@ -830,12 +830,9 @@ impl Replica {
                 None => futures_lite::future::pending().await,
             }
         };
-        let answered = futures_lite::future::or(
-            async { Some(futures_lite::future::or(locally_appended, committed).await) },
-            async {
-                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-                None
-            },
+        let answered = within(
+            deadline.saturating_duration_since(Instant::now()),
+            futures_lite::future::or(locally_appended, committed),
         )
         .await;
         match answered {
